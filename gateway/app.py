@@ -1,0 +1,445 @@
+"""The ASGI application: the cancel route, health, readiness and metrics.
+
+The cancel route is matched and checked on the *raw* path (Starlette would percent-decode it),
+in the order SPEC.md gives: route, authentication, authorization, invocation id, body, the
+caller's limits, the upstream token, the audit attempt record; then the forward. Every other
+path goes to a small Starlette app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import mapping
+from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
+from gateway.auth import (
+    Authenticator,
+    Authorizer,
+    Principal,
+    TeamKeyAuthenticator,
+    TeamSwitchAuthorizer,
+)
+from gateway.config import Config
+from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
+from gateway.limits import TeamLimits
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.secrets import EnvSecret, FileSecret, SecretSource, fingerprint
+from gateway.upstream import UpstreamClient
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = structlog.get_logger("gateway")
+
+CANCEL_PREFIX = b"/api/v1/invocations/"
+CANCEL_ROUTE = "/api/v1/invocations/{invocation_id}"
+UUID_RE = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+MAX_BODY_BYTES = 1024
+SECRET_POLL_SECONDS = 0.5
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its request was complete: nothing is forwarded."""
+
+
+@dataclass
+class Exchange:
+    """What one request has become so far; read by the access log and the audit record."""
+
+    request_id: str
+    route: str = "other"
+    status: int = 0
+    team: str | None = None
+
+
+def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    values = [v for k, v in headers if k == b"x-request-id"]
+    if len(values) == 1 and REQUEST_ID_RE.fullmatch(values[0]):
+        return values[0].decode("ascii")
+    return str(uuid.uuid4())
+
+
+def framing_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """RFC 9112 section 6: framing a server and a proxy could read differently."""
+    lengths = {v.strip() for k, v in headers if k == b"content-length"}
+    codings = [v for k, v in headers if k == b"transfer-encoding"]
+    if lengths and codings:
+        return "both Content-Length and Transfer-Encoding"
+    if len(lengths) > 1:
+        return "differing Content-Length values"
+    if lengths and not next(iter(lengths)).isdigit():
+        return "a malformed Content-Length"
+    if codings and b",".join(codings).strip().lower() != b"chunked":
+        return "an unsupported transfer coding"
+    return None
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        token: SecretSource,
+        audit: AuditLog,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        authenticator: Authenticator,
+        authorizer: Authorizer,
+        limits: TeamLimits,
+        watched: tuple[SecretSource, ...] = (),
+    ) -> None:
+        self.config = config
+        self.token = token
+        self.audit = audit
+        self.upstream = upstream
+        self.metrics = metrics
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.limits = limits
+        self._watched = watched or (token,)
+        self._watcher: asyncio.Task[None] | None = None
+        self.plain = Starlette(
+            routes=[
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_exception},
+            lifespan=self._lifespan,
+        )
+
+    @classmethod
+    def from_config(cls, config: Config, *, audit: AuditLog | None = None) -> Gateway:
+        up = config.upstream
+        token: SecretSource = (
+            FileSecret(up.token_file, what="upstream token")
+            if up.token_file
+            else EnvSecret(up.token_env or "", what="upstream token")
+        )
+        metrics = Metrics()
+        mac_key = (
+            FileSecret(config.audit.hmac_key_file, what="audit HMAC key", min_chars=32)
+            if config.audit.hmac_key_file
+            else None
+        )
+        if audit is None:
+            audit = AuditLog(config.audit, mac_key=mac_key)
+        return cls(
+            config,
+            token=token,
+            audit=audit,
+            upstream=UpstreamClient(up, transport="httpx" if up.transport == "httpx" else "aiohttp"),
+            metrics=metrics,
+            authenticator=TeamKeyAuthenticator(config.teams),
+            authorizer=TeamSwitchAuthorizer(config.teams),
+            limits=TeamLimits(config.teams),
+            watched=(token,) + ((mac_key,) if mac_key else ()),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        for source in self._watched:
+            source.refresh()
+            self._report_secret(source, initial=True)
+        self._update_gauges()
+        await self.audit.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_secrets())
+        log.info(
+            "gateway.started", upstream=self.config.upstream.base_url,
+            audit_path=self.audit.path, teams=len(self.config.teams),
+            transport=self.upstream.transport_name,
+        )
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.audit.close()
+        await self.upstream.aclose()
+        log.info("gateway.stopped", audit_records=self.audit.records_written)
+
+    async def _watch_secrets(self) -> None:
+        while True:
+            await asyncio.sleep(SECRET_POLL_SECONDS)
+            for source in self._watched:
+                if source.refresh():
+                    self._report_secret(source, initial=False)
+            self._update_gauges()
+
+    def _report_secret(self, source: SecretSource, *, initial: bool) -> None:
+        name = source.what.replace(" ", "_")
+        if source.value is not None:
+            event = f"{name}.loaded" if initial else f"{name}.rotated"
+            log.info(event, fingerprint=fingerprint(source.value))
+            if not initial and source is self.token:
+                self.metrics.token_rotations.inc()
+        else:
+            log.error(f"{name}.unavailable", problem=source.problem)
+
+    def _update_gauges(self) -> None:
+        self.metrics.token_available.set(1 if self.token.available else 0)
+        self.metrics.audit_ready.set(1 if self.audit.ready else 0)
+        self.metrics.audit_records.set(self.audit.records_written)
+
+    # -- ASGI entry -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.plain(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        exchange = Exchange(request_id=pick_request_id(headers))
+        request_id_header = (b"x-request-id", exchange.request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        rest = raw_path[len(CANCEL_PREFIX):] if raw_path.startswith(CANCEL_PREFIX) else None
+        try:
+            problem = framing_problem(headers)
+            if problem is not None:
+                exchange.route = "framing"
+                await self._send_error(
+                    send_with_id,
+                    RequestRejected(f"ambiguous message framing: {problem}", status=400,
+                                    code="bad_request"),
+                    close=True,
+                )
+            elif rest is not None and b"/" not in rest:
+                exchange.route = CANCEL_ROUTE
+                await self._cancel(scope, receive, send_with_id, exchange, rest, started)
+            else:
+                exchange.route = scope["path"] if scope["path"] in (
+                    "/healthz", "/readyz", "/metrics") else "other"
+                await self.plain(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.request_seconds.labels(exchange.route).observe(seconds)
+            log.info(
+                "access", request_id=exchange.request_id, method=scope["method"],
+                route=exchange.route, status=exchange.status,
+                duration_ms=round(seconds * 1000, 3), team=exchange.team,
+            )
+
+    # -- the cancel route -------------------------------------------------------------------
+
+    async def _cancel(
+        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange, raw_id: bytes,
+        started: float,
+    ) -> None:
+        if scope["method"] != "PUT":
+            await self._send_error(send, RequestRejected(
+                "only PUT is allowed on this path", status=405, code="method_not_allowed",
+                headers={"allow": "PUT"}))
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        principal: Principal | None = None
+        invocation_id = raw_id[:128].decode("latin-1")
+        upstream_status: int | None = None
+        attempted = False
+        status, outcome = 500, "upstream_error"
+        error: str | None = "internal_error"
+        try:
+            principal = self.authenticator.authenticate(headers)
+            exchange.team = principal.team
+            self.authorizer.authorize(principal)
+            if not UUID_RE.fullmatch(raw_id):
+                raise RequestRejected(
+                    "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
+                    status=400, code="invalid_invocation_id", outcome="invalid_request",
+                )
+            invocation_id = raw_id.decode("ascii").lower()
+            await _read_small_body(scope, headers, receive)
+            retry_after = self.limits.retry_after(principal.team)
+            if retry_after:
+                raise RequestRejected(
+                    "too many requests for this team; retry later", status=429,
+                    code="rate_limited", outcome="rate_limited",
+                    headers={"retry-after": str(retry_after)},
+                )
+            token = self.token.value
+            if token is None:
+                raise ServiceUnavailable(
+                    "the gateway has no valid upstream token", code="token_unavailable")
+            await self.audit.write(self._record(
+                "cancel.attempt", exchange, invocation_id, principal, scope, outcome="pending",
+                status=None, upstream_status=None, error=None, started=started,
+            ))
+            attempted = True
+            reply = await self._forward(invocation_id, token, exchange.request_id)
+            upstream_status = reply[1]
+            status, outcome, error = reply[0].status, reply[0].outcome, reply[0].error
+            await _send(send, reply[0].status, reply[0].body,
+                        [(k.encode(), v.encode()) for k, v in reply[0].headers.items()])
+        except ClientGone:
+            status, outcome, error = 499, "invalid_request", "client_disconnected"
+        except GatewayError as exc:
+            if isinstance(exc, AuditUnavailable):
+                self.metrics.audit_failures.inc()
+            upstream_status = getattr(exc, "upstream_status", upstream_status)
+            status, outcome, error = exc.status, exc.outcome, exc.code
+            await self._send_error(send, exc, close=exc.status == 413)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: the result is still recorded, at close.
+            self.audit.write_later(self._record(
+                "cancel.result", exchange, invocation_id, principal, scope,
+                outcome="upstream_error" if attempted else "unavailable", status=None,
+                upstream_status=upstream_status, error="shutdown", started=started,
+            ))
+            raise
+        except Exception:
+            log.exception("cancel.internal_error", request_id=exchange.request_id)
+            await self._send_error(send, GatewayError("internal error"))
+        self.metrics.cancels.labels(outcome, principal.team if principal else "").inc()
+        result = self._record(
+            "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
+            status=status, upstream_status=upstream_status, error=error, started=started,
+        )
+        with contextlib.suppress(AuditUnavailable):
+            await self.audit.write(result, retain=True)
+        self._update_gauges()
+
+    async def _forward(
+        self, invocation_id: str, token: str, request_id: str
+    ) -> tuple[mapping.Reply, int | None]:
+        try:
+            answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id)
+        except GatewayError as exc:
+            self.metrics.upstream_failures.labels(exc.code).inc()
+            log.warning("upstream.failed", request_id=request_id, error=exc.code,
+                        message=exc.message)
+            raise
+        self.metrics.upstream_seconds.observe(answer.seconds)
+        self.metrics.upstream_responses.labels(str(answer.status)).inc()
+        try:
+            return mapping.interpret(answer, secrets=(token,)), answer.status
+        except GatewayError as exc:
+            exc.upstream_status = answer.status  # type: ignore[attr-defined]
+            self.metrics.upstream_failures.labels(exc.code).inc()
+            log.warning("upstream.failed", request_id=request_id, error=exc.code,
+                        upstream_status=answer.status)
+            raise
+
+    def _record(
+        self, event: str, exchange: Exchange, invocation_id: str, principal: Principal | None,
+        scope: Scope, *, outcome: str, status: int | None, upstream_status: int | None,
+        error: str | None, started: float,
+    ) -> dict[str, Any]:
+        client = scope.get("client")
+        return {
+            "ts": utc_timestamp(),
+            "event": event,
+            "request_id": exchange.request_id,
+            "invocation_id": invocation_id,
+            "team": principal.team if principal else None,
+            "key_id": principal.key_id if principal else None,
+            "client": client[0] if client else None,
+            "outcome": outcome,
+            "status": status,
+            "upstream_status": upstream_status,
+            "error": error,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    async def _send_error(self, send: Send, exc: GatewayError, *, close: bool = False) -> None:
+        status, headers, body = render(exc)
+        if close:
+            headers.append((b"connection", b"close"))
+        await _send(send, status, body, headers)
+
+    # -- plain routes -----------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        problem: ServiceUnavailable | None = None
+        if not self.token.available:
+            problem = ServiceUnavailable(
+                f"not ready: {self.token.problem}", code="token_unavailable")
+        elif not await self.audit.probe():
+            problem = ServiceUnavailable(
+                "not ready: the audit log can't be written", code="audit_unavailable")
+        self._update_gauges()
+        if problem is not None:
+            status, headers, body = render(problem)
+            return Response(body, status, media_type="application/json")
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        self._update_gauges()
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            error = RequestRejected("method not allowed", status=405, code="method_not_allowed",
+                                    headers=dict(exc.headers or {}))
+        else:
+            error = RequestRejected("no such route", status=404, code="not_found")
+        status, headers, body = render(error)
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+async def _read_small_body(
+    scope: Scope, headers: list[tuple[bytes, bytes]], receive: Receive
+) -> None:
+    """Read (and drop) the request body; over 1 KiB is 413, a disconnect is `ClientGone`."""
+    too_large = RequestRejected(
+        f"a cancel takes no body; at most {MAX_BODY_BYTES} bytes are accepted",
+        status=413, code="payload_too_large", outcome="invalid_request",
+    )
+    for name, value in headers:
+        if name == b"content-length" and int(value) > MAX_BODY_BYTES:
+            raise too_large
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        size += len(message.get("body", b""))
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        if not message.get("more_body", False):
+            return
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    names = {name for name, _ in headers}
+    if b"content-type" not in names:
+        headers = [(b"content-type", b"application/json"), *headers]
+    headers.append((b"content-length", str(len(body)).encode("ascii")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,360 @@
+"""Configuration: one TOML file, parsed once into frozen, validated value objects.
+
+Every problem is reported as one line that names the file, the key and what is wrong, e.g.
+`config.toml: upstream.timeout must be a positive number, got "ten"`. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError
+
+ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"
+DEFAULT_CONFIG = "config.toml"
+
+STORED_KEY_RE = re.compile(r"sha256:[0-9a-f]{64}")
+TEAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grace_period: float = 10.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    base_url: str = "https://sync.trychroma.com"
+    token_file: str | None = None
+    token_env: str | None = None
+    ca_file: str | None = None
+    connect_timeout: float = 2.0
+    timeout: float = 10.0
+    max_connections: int = 100
+    transport: str = "aiohttp"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: str
+    fsync: bool = True
+    hmac_key_file: str | None = None
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 300.0
+    stdout: bool = False
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    name: str
+    keys: tuple[str, ...]
+    enabled: bool = True
+    rate_limit: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    upstream: UpstreamConfig
+    audit: AuditConfig
+    teams: tuple[TeamConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+def config_path(explicit: str | None) -> str:
+    """`--config`, else `$CHROMA_SYNC_GATEWAY_CONFIG`, else `./config.toml`."""
+    return explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: can't be read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, source=path)
+
+
+def parse(data: Mapping[str, Any], *, source: str = DEFAULT_CONFIG) -> Config:
+    return _Parser(source).config(data)
+
+
+T = TypeVar("T")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = json.dumps(value)
+    elif isinstance(value, list):
+        text = "an array"
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key} {problem}")
+
+    def table(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table, got {_shown(value)}")
+        for name in value:
+            if name not in allowed:
+                raise self.fail(f"{key}.{name}", "is not a known key")
+        return value
+
+    def get(
+        self,
+        table: Mapping[str, Any],
+        prefix: str,
+        name: str,
+        convert: Callable[[str, object], T],
+        default: T,
+    ) -> T:
+        if name not in table:
+            return default
+        return convert(f"{prefix}.{name}", table[name])
+
+    # Converters: each takes the full key name and the raw TOML value.
+
+    def string(self, key: str, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, got {_shown(value)}")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise self.fail(key, "must not hold control characters")
+        return value
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_shown(value)}")
+        return value
+
+    def positive(self, key: str, value: object) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise self.fail(key, f"must be a positive number, got {_shown(value)}")
+        return float(value)
+
+    def count(self, key: str, value: object, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"must be a whole number from {low} to {high}, got {_shown(value)}")
+        return value
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        for name in data:
+            if name not in {"server", "upstream", "audit", "teams"}:
+                raise self.fail(name, "is not a known key")
+        return Config(
+            source=self.source,
+            server=self.server(data),
+            upstream=self.upstream(data),
+            audit=self.audit(data),
+            teams=self.teams(data),
+        )
+
+    def server(self, data: Mapping[str, Any]) -> ServerConfig:
+        t = self.table(data, "server", {"host", "port", "grace_period"})
+        d = ServerConfig()
+        return ServerConfig(
+            host=self.get(t, "server", "host", self.string, d.host),
+            port=self.get(t, "server", "port", lambda k, v: self.count(k, v, 0, 65535), d.port),
+            grace_period=self.get(t, "server", "grace_period", self.positive, d.grace_period),
+        )
+
+    def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
+        allowed = {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"}
+        t = self.table(data, "upstream", allowed | {"max_connections", "transport"})
+        d = UpstreamConfig()
+        token_file = self.get(t, "upstream", "token_file", self.string, None)
+        token_env = self.get(t, "upstream", "token_env", self.env_name, None)
+        if (token_file is None) == (token_env is None):
+            raise self.fail("upstream.token_file", "or upstream.token_env must be set (exactly one)")
+        ca_file = self.get(t, "upstream", "ca_file", self.readable_file, None)
+        return UpstreamConfig(
+            base_url=self.get(t, "upstream", "base_url", self.base_url, d.base_url),
+            token_file=token_file,
+            token_env=token_env,
+            ca_file=ca_file,
+            connect_timeout=self.get(
+                t, "upstream", "connect_timeout", self.positive, d.connect_timeout
+            ),
+            timeout=self.get(t, "upstream", "timeout", self.positive, d.timeout),
+            max_connections=self.get(
+                t, "upstream", "max_connections", lambda k, v: self.count(k, v, 1, 10_000),
+                d.max_connections,
+            ),
+            transport=self.get(t, "upstream", "transport", self.transport, d.transport),
+        )
+
+    def transport(self, key: str, value: object) -> str:
+        if value not in ("aiohttp", "httpx"):
+            raise self.fail(key, f'must be "aiohttp" or "httpx", got {_shown(value)}')
+        return str(value)
+
+    def env_name(self, key: str, value: object) -> str:
+        text = self.string(key, value)
+        if not ENV_NAME_RE.fullmatch(text):
+            raise self.fail(key, f"must be an environment variable name, got {_shown(value)}")
+        return text
+
+    def readable_file(self, key: str, value: object) -> str:
+        text = self.string(key, value)
+        if not os.path.isfile(text) or not os.access(text, os.R_OK):
+            raise self.fail(key, f"must name a readable file, got {_shown(value)}")
+        return text
+
+    def base_url(self, key: str, value: object) -> str:
+        text = self.string(key, value)
+        url = urllib.parse.urlsplit(text)
+        problem = None
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            problem = "must be an http:// or https:// URL"
+        elif url.username or url.password or url.query or url.fragment or "%" in text:
+            problem = "must not hold credentials, a query, a fragment or escapes"
+        elif url.scheme == "http" and not _is_loopback(url.hostname):
+            # The token would cross the network in clear text.
+            problem = "must use https (http is allowed only for a loopback host)"
+        elif "/." in url.path or "//" in url.path:
+            problem = "must not hold dot segments or empty segments in its path"
+        if problem:
+            raise self.fail(key, f"{problem}, got {_shown(value)}")
+        try:
+            url.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise self.fail(key, f"has a malformed port, got {_shown(value)}") from None
+        return text.rstrip("/")
+
+    def audit(self, data: Mapping[str, Any]) -> AuditConfig:
+        allowed = {
+            "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
+            "stdout", "max_bytes",
+        }
+        t = self.table(data, "audit", allowed)
+        if "path" not in t:
+            raise self.fail("audit.path", "is required")
+        d = AuditConfig(path="")
+        max_bytes = self.get(
+            t, "audit", "max_bytes", lambda k, v: self.count(k, v, 65536, 2**50), None
+        )
+        return AuditConfig(
+            path=self.string("audit.path", t["path"]),
+            fsync=self.get(t, "audit", "fsync", self.boolean, d.fsync),
+            hmac_key_file=self.get(t, "audit", "hmac_key_file", self.string, None),
+            checkpoint_every=self.get(
+                t, "audit", "checkpoint_every", lambda k, v: self.count(k, v, 1, 10**9),
+                d.checkpoint_every,
+            ),
+            checkpoint_seconds=self.get(
+                t, "audit", "checkpoint_seconds", self.positive, d.checkpoint_seconds
+            ),
+            stdout=self.get(t, "audit", "stdout", self.boolean, d.stdout),
+            max_bytes=max_bytes,
+        )
+
+    def teams(self, data: Mapping[str, Any]) -> tuple[TeamConfig, ...]:
+        raw = data.get("teams")
+        if raw is None:
+            raise self.fail("teams", "is required: at least one [[teams]] table")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail("teams", f"must be one or more [[teams]] tables, got {_shown(raw)}")
+        teams: list[TeamConfig] = []
+        seen_names: set[str] = set()
+        seen_keys: set[str] = set()
+        for index, entry in enumerate(raw):
+            prefix = f"teams[{index}]"
+            if not isinstance(entry, dict):
+                raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
+            for name in entry:
+                if name not in {"name", "keys", "enabled", "rate_limit", "burst"}:
+                    raise self.fail(f"{prefix}.{name}", "is not a known key")
+            if "name" not in entry:
+                raise self.fail(f"{prefix}.name", "is required")
+            name = self.string(f"{prefix}.name", entry["name"])
+            if not TEAM_NAME_RE.fullmatch(name):
+                raise self.fail(
+                    f"{prefix}.name",
+                    f"must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric, got {_shown(name)}",
+                )
+            if name in seen_names:
+                raise self.fail(f"{prefix}.name", f"repeats team {_shown(name)}")
+            seen_names.add(name)
+            keys = self.stored_keys(f"{prefix}.keys", entry.get("keys"), seen_keys)
+            rate = self.get(entry, prefix, "rate_limit", self.positive, TeamConfig.rate_limit)
+            burst = self.get(
+                entry, prefix, "burst", lambda k, v: self.count(k, v, 1, 10**9),
+                max(1, math.ceil(rate * 2)),
+            )
+            teams.append(
+                TeamConfig(
+                    name=name,
+                    keys=keys,
+                    enabled=self.get(entry, prefix, "enabled", self.boolean, True),
+                    rate_limit=rate,
+                    burst=burst,
+                )
+            )
+        return tuple(teams)
+
+    def stored_keys(self, key: str, value: object, seen: set[str]) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f"must be a non-empty array of stored keys, got {_shown(value)}")
+        keys: list[str] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not STORED_KEY_RE.fullmatch(item):
+                # Never echo the value: someone may have pasted a real key here by mistake.
+                hint = " (it looks like a raw key: store the output of `keys hash`)" if (
+                    isinstance(item, str) and item.startswith("csg_")
+                ) else ""
+                raise self.fail(
+                    f"{key}[{index}]",
+                    f"must be a stored key, sha256: and 64 lowercase hex digits{hint}",
+                )
+            if item in seen:
+                raise self.fail(f"{key}[{index}]", "repeats a key already configured")
+            seen.add(item)
+            keys.append(item)
+        return tuple(keys)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,120 @@
+"""What the caller gets back for each upstream answer: SPEC.md's mapping table, row by row."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from gateway.errors import UpstreamFailure, error_body
+from gateway.upstream import UpstreamAnswer
+
+MAX_UPSTREAM_MESSAGE = 512
+
+# Statuses whose ErrorResponse is passed through, with the code used when it isn't one.
+PASSED_THROUGH = {
+    400: ("bad_request", "rejected_by_upstream"),
+    404: ("not_found", "not_found"),
+    409: ("conflict", "rejected_by_upstream"),
+    412: ("not_cancelable", "not_cancelable"),
+    422: ("unprocessable", "rejected_by_upstream"),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_RETRY_AFTER = re.compile(r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} GMT")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    outcome: str
+    error: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_response_of(body: bytes) -> dict[str, object] | None:
+    """The body as an ErrorResponse (`error` and `message` strings), or None."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if (
+        isinstance(parsed, dict)
+        and isinstance(parsed.get("error"), str)
+        and isinstance(parsed.get("message"), str)
+    ):
+        return parsed
+    return None
+
+
+def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply:
+    """Map an upstream answer to the caller's reply, or raise `UpstreamFailure`."""
+    status = answer.status
+    if status == 202:
+        try:
+            parsed = json.loads(answer.body) if answer.body else {}
+        except ValueError:
+            parsed = {}
+        if not isinstance(parsed, dict):
+            parsed = {}
+        return Reply(202, json.dumps(parsed, ensure_ascii=False).encode(), "cancelled", None)
+    if status in PASSED_THROUGH:
+        code, outcome = PASSED_THROUGH[status]
+        if error_response_of(answer.body) is not None:
+            return Reply(status, answer.body, outcome, code)
+        return Reply(status, error_body(code, _normalized_message(status)), outcome, code)
+    if status == 429:
+        headers = {}
+        retry_after = answer.headers.get("retry-after", "").strip()
+        if _RETRY_AFTER.fullmatch(retry_after):
+            headers["retry-after"] = retry_after
+        body = (
+            answer.body
+            if error_response_of(answer.body) is not None
+            else error_body("upstream_rate_limited", "Chroma Sync is limiting requests; retry later")
+        )
+        return Reply(429, body, "rejected_by_upstream", "upstream_rate_limited", headers)
+    if status in (401, 403):
+        raise UpstreamFailure(
+            f"Chroma Sync refused the gateway's own credential ({status}); "
+            "the operator must check the upstream token",
+            code="upstream_auth_failed",
+        )
+    if 500 <= status <= 599:
+        raise UpstreamFailure(
+            f"Chroma Sync answered {status}: {upstream_message(answer.body, secrets)}",
+            code="upstream_error",
+        )
+    if 300 <= status <= 399:
+        raise UpstreamFailure(
+            f"Chroma Sync answered with a redirect ({status}); redirects are never followed",
+            code="upstream_redirect",
+        )
+    raise UpstreamFailure(
+        f"Chroma Sync answered with an unexpected status ({status})",
+        code="upstream_unexpected_status",
+    )
+
+
+def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
+    """Upstream's own message, safe to show: at most 512 characters, no control characters."""
+    parsed = error_response_of(body)
+    if parsed is not None:
+        text = str(parsed["message"])
+    else:
+        text = body.decode("utf-8", "replace").strip() or "no message"
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _CONTROL.sub("", text)
+    return text[:MAX_UPSTREAM_MESSAGE]
+
+
+def _normalized_message(status: int) -> str:
+    return {
+        400: "Chroma Sync rejected the request as malformed",
+        404: "Invocation not found",
+        409: "Chroma Sync reported a conflict",
+        412: "Invocation is not in a cancelable state",
+        422: "Chroma Sync could not process the request",
+    }[status]

@@ -1,0 +1,60 @@
+"""Prometheus metrics. Labels hold team names and outcomes from the config, never a key."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """One registry per gateway instance, so tests and the demo never share global state."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cancels = Counter(
+            "chroma_sync_gateway_cancel_requests", "Cancel requests by outcome and team.",
+            ["outcome", "team"], registry=r,
+        )
+        self.request_seconds = Histogram(
+            "chroma_sync_gateway_request_duration_seconds",
+            "Time from request to response, by route.", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "chroma_sync_gateway_upstream_duration_seconds",
+            "Time of the upstream exchange.", buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_responses = Counter(
+            "chroma_sync_gateway_upstream_responses", "Upstream answers by status.",
+            ["status"], registry=r,
+        )
+        self.upstream_failures = Counter(
+            "chroma_sync_gateway_upstream_failures",
+            "Upstream exchanges with no usable answer, by error code.", ["error"], registry=r,
+        )
+        self.audit_failures = Counter(
+            "chroma_sync_gateway_audit_write_failures", "Failed audit log writes.", registry=r,
+        )
+        self.audit_records = Gauge(
+            "chroma_sync_gateway_audit_records_written",
+            "Audit records written since start.", registry=r,
+        )
+        self.audit_ready = Gauge(
+            "chroma_sync_gateway_audit_ready", "1 when the audit log is writable.", registry=r,
+        )
+        self.token_available = Gauge(
+            "chroma_sync_gateway_upstream_token_available",
+            "1 when a valid upstream token is loaded.", registry=r,
+        )
+        self.token_rotations = Counter(
+            "chroma_sync_gateway_upstream_token_changes",
+            "Times the upstream token file changed.", registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,167 @@
+"""The one HTTP client that talks to Chroma Sync, and the boundary where its errors are mapped.
+
+Everything that can go wrong on the wire (refused, reset, TLS failure, garbage, a body over
+64 KiB, the deadline) leaves this module as an `UpstreamFailure` raised `from` the original
+exception; callers never see an httpx, aiohttp or OS exception.
+
+The URL is `base_url + /api/v1/invocations/ + <canonical uuid>`, built from nothing the caller
+sent but the validated id. Outgoing headers are an allowlist; redirects are never followed;
+proxies from the environment are ignored; cookies are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from gateway import __version__
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamFailure
+
+MAX_BODY_BYTES = 64 * 1024
+USER_AGENT = f"chroma-sync-gateway/{__version__}"
+CANCEL_PATH = "/api/v1/invocations/"
+
+Transport = Literal["aiohttp", "httpx"]
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    seconds: float
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """System trust plus an optional extra CA bundle; verification is always on."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+class UpstreamClient:
+    def __init__(self, config: UpstreamConfig, *, transport: Transport = "aiohttp") -> None:
+        self._prefix = config.base_url + CANCEL_PATH
+        self._deadline = config.timeout
+        self.transport_name = transport
+        context = ssl_context(config.ca_file)
+        # Per-phase timeouts only bound the connect; the whole exchange has its own deadline.
+        timeout = httpx.Timeout(connect=config.connect_timeout, read=None, write=None, pool=None)
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+            keepalive_expiry=30.0,
+        )
+        self._transport: httpx.AsyncBaseTransport
+        if transport == "aiohttp":
+            self._transport = AiohttpTransport(client=lambda: _aiohttp_session(config, context))
+        else:
+            self._transport = httpx.AsyncHTTPTransport(verify=context, limits=limits,
+                                                       trust_env=False)
+        self._client = httpx.AsyncClient(
+            transport=self._transport, timeout=timeout, follow_redirects=False, trust_env=False
+        )
+
+    def url_for(self, invocation_id: str) -> str:
+        return self._prefix + invocation_id
+
+    async def cancel(self, invocation_id: str, *, token: str, request_id: str) -> UpstreamAnswer:
+        """PUT the cancel; `invocation_id` must already be the canonical lowercase UUID."""
+        # httpx.Request is built directly so that none of the client's default headers
+        # (accept-encoding, connection) are merged in: this list is the whole allowlist.
+        request = httpx.Request(
+            "PUT",
+            self.url_for(invocation_id),
+            headers=[
+                ("x-chroma-token", token),
+                ("x-request-id", request_id),
+                ("accept", "application/json"),
+                ("user-agent", USER_AGENT),
+            ],
+        )
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._deadline):
+                response = await self._client.send(request, stream=True)
+                try:
+                    body = await _read_limited(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise UpstreamFailure(
+                f"Chroma Sync did not answer within {self._deadline:g} s",
+                status=504,
+                code="upstream_timeout",
+            ) from exc
+        except UpstreamFailure:
+            raise
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise UpstreamFailure(
+                f"Chroma Sync could not be reached or sent a broken response ({_kind(exc)})"
+            ) from exc
+        return UpstreamAnswer(
+            response.status_code, response.headers, body, time.perf_counter() - started
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        await self._transport.aclose()
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise UpstreamFailure("Chroma Sync sent a response body over 64 KiB")
+    chunks: list[bytes] = []
+    size = 0
+    # Raw bytes: nothing is decompressed, so a small compressed body can't expand in memory.
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise UpstreamFailure("Chroma Sync sent a response body over 64 KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _aiohttp_session(config: UpstreamConfig, context: ssl.SSLContext) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        ssl=context, limit=config.max_connections, keepalive_timeout=30.0, ttl_dns_cache=60
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # aiohttp would otherwise add accept-encoding, which the header allowlist doesn't name.
+        skip_auto_headers=("Accept-Encoding",),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        raise_for_status=False,
+    )
+
+
+def _kind(exc: BaseException) -> str:
+    """A short, path-free name for what went wrong, from the innermost cause."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError) or "certificate" in str(exc).lower():
+        return "TLS verification failed"
+    if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError) or "reset" in str(exc).lower():
+        return "connection reset"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | httpx.RemoteProtocolError):
+        return "connection closed or malformed response"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return "malformed response"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError | httpx.TimeoutException):
+        return "connect timeout"
+    return type(exc).__name__
