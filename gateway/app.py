@@ -49,7 +49,9 @@ log = structlog.get_logger("gateway")
 
 CANCEL_PREFIX = b"/api/v1/invocations/"
 CANCEL_ROUTE = "/api/v1/invocations/{invocation_id}"
-UUID_RE = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX = rb"[0-9a-fA-F]"
+UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX
+                     + rb"{12}")
 REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
 SECRET_POLL_SECONDS = 0.5
@@ -124,6 +126,7 @@ class Gateway:
             exception_handlers={HTTPException: self._http_exception},
             lifespan=self._lifespan,
         )
+        self.plain.router.redirect_slashes = False  # `/healthz/` is a 404, not a redirect
 
     @classmethod
     def from_config(cls, config: Config, *, audit: AuditLog | None = None) -> Gateway:
@@ -145,7 +148,9 @@ class Gateway:
             config,
             token=token,
             audit=audit,
-            upstream=UpstreamClient(up, transport="httpx" if up.transport == "httpx" else "aiohttp"),
+            upstream=UpstreamClient(
+                up, transport="httpx" if up.transport == "httpx" else "aiohttp"
+            ),
             metrics=metrics,
             authenticator=TeamKeyAuthenticator(config.teams),
             authorizer=TeamSwitchAuthorizer(config.teams),
@@ -266,7 +271,9 @@ class Gateway:
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         principal: Principal | None = None
-        invocation_id = raw_id[:128].decode("latin-1")
+        # Canonical when well-formed, even on a refusal that comes before the id check.
+        invocation_id = (raw_id.decode("ascii").lower() if UUID_RE.fullmatch(raw_id)
+                         else raw_id[:128].decode("latin-1"))
         upstream_status: int | None = None
         attempted = False
         status, outcome = 500, "upstream_error"
@@ -328,7 +335,7 @@ class Gateway:
             status=status, upstream_status=upstream_status, error=error, started=started,
         )
         with contextlib.suppress(AuditUnavailable):
-            await self.audit.write(result, retain=True)
+            await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
 
     async def _forward(
@@ -394,7 +401,7 @@ class Gateway:
                 "not ready: the audit log can't be written", code="audit_unavailable")
         self._update_gauges()
         if problem is not None:
-            status, headers, body = render(problem)
+            status, _, body = render(problem)
             return Response(body, status, media_type="application/json")
         return JSONResponse({"status": "ready"})
 

@@ -100,6 +100,8 @@ class AuditLog:
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None] | None]] = []
         self._retained: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._durable_pending = False
+        self._unsynced = False
         self._checkpoint_timer: asyncio.Task[None] | None = None
         self.ready = False
         self.problem: str | None = "not opened yet"
@@ -141,6 +143,11 @@ class AuditLog:
     async def start(self) -> None:
         self.open()
         loop = asyncio.get_running_loop()
+        if self._queue:
+            # An `audit.recovered` record: the bytes it describes are already cut from the
+            # file, so it is written now, not whenever the first request comes.
+            self._flusher = loop.create_task(self._flush())
+            await self.drain()
         self._checkpoint_timer = loop.create_task(self._checkpoint_every_interval())
 
     async def close(self) -> None:
@@ -155,6 +162,9 @@ class AuditLog:
                 await self.write(self._checkpoint_body(), retain=True)
         await self.drain()
         if self._fd is not None:
+            if self._unsynced:
+                with contextlib.suppress(OSError):
+                    os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
@@ -168,8 +178,14 @@ class AuditLog:
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def write(self, body: dict[str, Any], *, retain: bool = False) -> None:
-        """Append one record and wait until it is written (and fsynced, if configured).
+    async def write(
+        self, body: dict[str, Any], *, retain: bool = False, durable: bool = True
+    ) -> None:
+        """Append one record and wait until it is written.
+
+        With `durable` (attempt records) and `fsync = true`, it is also fsynced before this
+        returns. Other records are written at once, so they survive a crash of the process,
+        and reach the disk with the next fsync or at shutdown.
 
         Raises `AuditUnavailable` when it can't be written. With `retain=True` the record is
         kept in memory instead and written once the log accepts writes again.
@@ -177,6 +193,8 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.append((body, future))
+        if durable:
+            self._durable_pending = True
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         try:
@@ -201,6 +219,9 @@ class AuditLog:
 
     async def probe(self) -> bool:
         """For readiness: retry a failed log (reopen, write what was retained)."""
+        if self._mac_key is not None and self._current_mac_key() is None:
+            self._fail(self._mac_key.problem or "no key")
+            return False
         if self.ready and not self._retained:
             return True
         if self._fd is None:
@@ -209,7 +230,9 @@ class AuditLog:
                 return False
         loop = asyncio.get_running_loop()
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
+            # Retry what was retained even though the log is not ready: readiness must be
+            # able to recover without a cancel (a pod that is not ready gets none).
+            self._flusher = loop.create_task(self._flush(retry=True))
         await self.drain()
         if not self.ready and self._fd is not None and not self._retained:
             # Nothing to prove writability with: an empty write checks the descriptor.
@@ -221,9 +244,10 @@ class AuditLog:
                 pass
         return self.ready
 
-    async def _flush(self) -> None:
+    async def _flush(self, retry: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue or (self._retained and self.ready):
+        while self._queue or (self._retained and (self.ready or retry)):
+            retry = False
             batch, self._queue = self._queue, []
             bodies = [body for body, _ in batch]
             if self._retained:
@@ -243,8 +267,14 @@ class AuditLog:
                 continue
             saved = (self._chain.seq, self._chain.head, self._chain.since_checkpoint)
             data, sealed = self._seal_batch(bodies, mac_key)
+            sync = self.config.fsync and self._durable_pending
+            self._durable_pending = False
             try:
-                await loop.run_in_executor(self._executor, self._append, data)
+                if sync:
+                    # fsync takes a while: off the event loop, while the next batch gathers.
+                    await loop.run_in_executor(self._executor, self._append, data, True)
+                else:
+                    self._append(data, False)
             except OSError as exc:
                 self._chain.seq, self._chain.head, self._chain.since_checkpoint = saved
                 self._fail(_describe(exc))
@@ -341,7 +371,7 @@ class AuditLog:
 
     # -- the writer thread's side -----------------------------------------------------------
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes, sync: bool) -> None:
         """Append whole lines, or nothing: a short or failed write is rolled back."""
         assert self._fd is not None
         max_bytes = self.config.max_bytes
@@ -356,8 +386,11 @@ class AuditLog:
                 if written <= 0:
                     raise OSError(errno.EIO, "short write")
                 view = view[written:]
-            if self.config.fsync:
+            if sync:
                 os.fsync(fd)
+                self._unsynced = False
+            else:
+                self._unsynced = self.config.fsync
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
@@ -424,8 +457,10 @@ class AuditLog:
                 "audit.recovered", reason=found.reason, discarded_bytes=len(found.discarded),
                 resumed_after_seq=found.seq,
             )
-            # Written now, before anything else, so it sits where the damage was.
+            # Written now, before anything else, so it sits where the damage was; and
+            # fsynced, as the truncation it describes was.
             self._queue.insert(0, (recovered, None))
+            self._durable_pending = True
 
 
 class _BrokenTail(Exception):

@@ -25,6 +25,7 @@ DEFAULT_CONFIG = "config.toml"
 STORED_KEY_RE = re.compile(r"sha256:[0-9a-f]{64}")
 TEAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ T = TypeVar("T")
 def _shown(value: object) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = str(value)  # as TOML spells it: nan, inf, -inf
     elif isinstance(value, str | int | float):
         text = json.dumps(value)
     elif isinstance(value, list):
@@ -116,6 +119,11 @@ def _shown(value: object) -> str:
     else:
         text = type(value).__name__
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key_name(name: str) -> str:
+    """A key as written in the file; quoted and escaped unless bare (keeps messages one line)."""
+    return name if BARE_KEY_RE.fullmatch(name) else _shown(name)
 
 
 class _Parser:
@@ -131,7 +139,7 @@ class _Parser:
             raise self.fail(key, f"must be a table, got {_shown(value)}")
         for name in value:
             if name not in allowed:
-                raise self.fail(f"{key}.{name}", "is not a known key")
+                raise self.fail(f"{key}.{_key_name(name)}", "is not a known key")
         return value
 
     def get(
@@ -172,13 +180,15 @@ class _Parser:
 
     def count(self, key: str, value: object, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"must be a whole number from {low} to {high}, got {_shown(value)}")
+            raise self.fail(
+                key, f"must be a whole number from {low} to {high}, got {_shown(value)}"
+            )
         return value
 
     def config(self, data: Mapping[str, Any]) -> Config:
         for name in data:
             if name not in {"server", "upstream", "audit", "teams"}:
-                raise self.fail(name, "is not a known key")
+                raise self.fail(_key_name(name), "is not a known key")
         return Config(
             source=self.source,
             server=self.server(data),
@@ -203,7 +213,9 @@ class _Parser:
         token_file = self.get(t, "upstream", "token_file", self.string, None)
         token_env = self.get(t, "upstream", "token_env", self.env_name, None)
         if (token_file is None) == (token_env is None):
-            raise self.fail("upstream.token_file", "or upstream.token_env must be set (exactly one)")
+            raise self.fail(
+                "upstream.token_file", "or upstream.token_env must be set (exactly one)"
+            )
         ca_file = self.get(t, "upstream", "ca_file", self.readable_file, None)
         return UpstreamConfig(
             base_url=self.get(t, "upstream", "base_url", self.base_url, d.base_url),
@@ -241,6 +253,9 @@ class _Parser:
     def base_url(self, key: str, value: object) -> str:
         text = self.string(key, value)
         url = urllib.parse.urlsplit(text)
+        if "@" in url.netloc:
+            # Not echoed: the userinfo may be a password.
+            raise self.fail(key, "must not hold credentials (user:password@)")
         problem = None
         if url.scheme not in {"http", "https"} or not url.hostname:
             problem = "must be an http:// or https:// URL"
@@ -301,7 +316,7 @@ class _Parser:
                 raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
             for name in entry:
                 if name not in {"name", "keys", "enabled", "rate_limit", "burst"}:
-                    raise self.fail(f"{prefix}.{name}", "is not a known key")
+                    raise self.fail(f"{prefix}.{_key_name(name)}", "is not a known key")
             if "name" not in entry:
                 raise self.fail(f"{prefix}.name", "is required")
             name = self.string(f"{prefix}.name", entry["name"])
@@ -332,7 +347,10 @@ class _Parser:
 
     def stored_keys(self, key: str, value: object, seen: set[str]) -> tuple[str, ...]:
         if not isinstance(value, list) or not value:
-            raise self.fail(key, f"must be a non-empty array of stored keys, got {_shown(value)}")
+            # A string is not echoed: it may be a raw key pasted without brackets.
+            got = "a string" if isinstance(value, str) else (
+                "nothing" if value is None else _shown(value))
+            raise self.fail(key, f"must be a non-empty array of stored keys, got {got}")
         keys: list[str] = []
         for index, item in enumerate(value):
             if not isinstance(item, str) or not STORED_KEY_RE.fullmatch(item):

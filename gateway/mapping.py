@@ -36,7 +36,7 @@ def error_response_of(body: bytes) -> dict[str, object] | None:
     """The body as an ErrorResponse (`error` and `message` strings), or None."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError
         return None
     if (
         isinstance(parsed, dict)
@@ -53,14 +53,14 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
     if status == 202:
         try:
             parsed = json.loads(answer.body) if answer.body else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = {}
-        if not isinstance(parsed, dict):
+        if not isinstance(parsed, dict) or _holds_secret(answer.body, secrets):
             parsed = {}
         return Reply(202, json.dumps(parsed, ensure_ascii=False).encode(), "cancelled", None)
     if status in PASSED_THROUGH:
         code, outcome = PASSED_THROUGH[status]
-        if error_response_of(answer.body) is not None:
+        if error_response_of(answer.body) is not None and not _holds_secret(answer.body, secrets):
             return Reply(status, answer.body, outcome, code)
         return Reply(status, error_body(code, _normalized_message(status)), outcome, code)
     if status == 429:
@@ -71,7 +71,10 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
         body = (
             answer.body
             if error_response_of(answer.body) is not None
-            else error_body("upstream_rate_limited", "Chroma Sync is limiting requests; retry later")
+            and not _holds_secret(answer.body, secrets)
+            else error_body(
+                "upstream_rate_limited", "Chroma Sync is limiting requests; retry later"
+            )
         )
         return Reply(429, body, "rejected_by_upstream", "upstream_rate_limited", headers)
     if status in (401, 403):
@@ -103,11 +106,41 @@ def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
         text = str(parsed["message"])
     else:
         text = body.decode("utf-8", "replace").strip() or "no message"
+    # Control characters go first, so that one inside a secret can't hide it from redaction.
+    text = _CONTROL.sub("", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
-    text = _CONTROL.sub("", text)
     return text[:MAX_UPSTREAM_MESSAGE]
+
+
+def _holds_secret(body: bytes, secrets: tuple[str, ...]) -> bool:
+    """Whether a body that would be passed through holds a secret, raw or JSON-escaped."""
+    live = [secret for secret in secrets if secret]
+    if not live:
+        return False
+    texts = [body.decode("utf-8", "replace")]
+    try:
+        texts.extend(_json_strings(json.loads(body)))
+    except (ValueError, RecursionError):
+        pass
+    return any(secret in text for secret in live for text in texts)
+
+
+def _json_strings(value: object) -> list[str]:
+    """Every string (keys included) in a parsed JSON value; iterative, as nesting can be deep."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _normalized_message(status: int) -> str:

@@ -16,18 +16,97 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.errors import error_body
 
+# Request line and headers together; a cancel needs well under 1 KiB, nginx allows 32 KiB.
+MAX_HEAD_BYTES = 32 * 1024
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback: the request head is over `MAX_HEAD_BYTES`."""
+
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering unparseable requests in the ErrorResponse shape.
 
     httptools (llhttp) refuses ambiguous framing that h11 accepts, e.g. `Content-Length` with
     `Transfer-Encoding`; such a request never reaches the app, and its connection is closed.
+
+    httptools has no limit of its own on the request head (and joins a long header value
+    chunk by chunk, in quadratic time, on the event loop), so a head over `MAX_HEAD_BYTES`
+    is answered 431 `headers_too_large` and its connection closed.
     """
 
+    _reading_head = True  # between messages or inside a request line / header block
+    _head_bytes = 0  # bytes received while the head is incomplete, counted per chunk
+    _parsed_head = 0  # bytes of the request line and headers parsed so far
+    _boundary = False  # a head or message ended inside the current `data_received`
+    _head_refused = False
+
+    def data_received(self, data: bytes) -> None:
+        self._boundary = False
+        super().data_received(data)
+        if not self._reading_head or self._boundary or self.transport.is_closing():
+            return
+        # A header still incomplete is buffered by httptools, unseen by `on_header`.
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._head_refused = True
+            self.logger.warning("Request head too large.")
+            self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_head = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._parsed_head += size
+        if self._parsed_head > MAX_HEAD_BYTES:
+            self._head_refused = True
+            raise HeadTooLarge()  # the parser stops; `data_received` answers 431
+
+    def on_headers_complete(self) -> None:
+        self._reading_head, self._head_bytes, self._boundary = False, 0, True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head, self._head_bytes, self._boundary = True, 0, True
+
     def send_400_response(self, msg: str) -> None:
-        body = error_body("bad_request", "malformed HTTP request: " + msg.rstrip("."))
+        cycle = self.cycle
+        if self._reading_head:  # a new request's head: earlier responses must all be out
+            busy = cycle is not None and not cycle.response_complete
+        else:  # the current request's body: only its own response may not have begun
+            busy = bool(self.pipeline) or cycle.response_started
+        if busy:
+            # An error written now would be read as the answer to an earlier request, or
+            # land inside one: read no more, and close once the responses due are out.
+            assert cycle is not None
+            if cycle.response_complete:
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+                self.flow.pause_reading()
+            return
+        if self._head_refused:
+            self._send_raw_error(431, b"Request Header Fields Too Large", "headers_too_large",
+                                 f"the request head is over {MAX_HEAD_BYTES} bytes")
+        else:
+            self._send_raw_error(400, b"Bad Request", "bad_request",
+                                 "malformed HTTP request: " + msg.rstrip("."))
+
+    def _send_raw_error(self, status: int, reason: bytes, code: str, message: str) -> None:
+        body = error_body(code, message)
         head = (
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 " + str(status).encode("ascii") + b" " + reason + b"\r\n"
+            b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
             b"x-request-id: " + str(uuid.uuid4()).encode("ascii") + b"\r\n"
             b"connection: close\r\n\r\n"

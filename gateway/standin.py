@@ -41,6 +41,7 @@ __all__ = [
     "Action",
     "Behaviour",
     "Close",
+    "Delay",
     "Raw",
     "ReceivedRequest",
     "Reset",
@@ -113,7 +114,16 @@ class Close:
     """Close the connection without answering."""
 
 
-Action = Respond | Stall | Reset | Raw | Close
+@dataclass(frozen=True)
+class Delay:
+    """Wait `seconds` without blocking the stand-in, then take `then`; with None, the default
+    answer, decided after the wait (a slow but otherwise normal upstream)."""
+
+    seconds: float
+    then: Action | None = None
+
+
+Action = Respond | Stall | Reset | Raw | Close | Delay
 Behaviour = Callable[[ReceivedRequest], Action | None]
 
 
@@ -193,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._done = False  # closing, reset or stalled: no more requests
+        self._delayed = False  # a Delay is running: the next request waits for its answer
         self._stall: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -215,13 +226,16 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._done:
+        if self._transport is not None and not self._done and not self._delayed:
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
         self._h11.receive_data(data)
+        self._process_guarded()
+
+    def _process_guarded(self) -> None:
         try:
             self._process()
         except h11.RemoteProtocolError as exc:
@@ -236,7 +250,7 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def _process(self) -> None:
-        while not self._done:
+        while not self._done and not self._delayed:
             event = self._h11.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -273,7 +287,9 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             logger.exception("stand-in behaviour failed")
             action = _error(500, "InternalError", f"stand-in behaviour raised {exc!r}")
-        close = _wants_close(request)
+        self._act(action, request, close=_wants_close(request))
+
+    def _act(self, action: Action, request: ReceivedRequest, *, close: bool) -> None:
         if isinstance(action, Respond):
             has_close = any(
                 n.lower() == "connection" and "close" in v.lower() for n, v in action.headers
@@ -287,6 +303,13 @@ class _Connection(asyncio.Protocol):
             assert self._transport is not None
             self._transport.pause_reading()
             self._stall = asyncio.get_running_loop().create_task(self._stall_then_close(action))
+        elif isinstance(action, Delay):
+            self._delayed = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._stall = asyncio.get_running_loop().create_task(
+                self._delay_then_act(action, request, close=close)
+            )
         elif isinstance(action, Reset):
             self._reset()
         else:
@@ -329,6 +352,17 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
+
+    async def _delay_then_act(self, delay: Delay, request: ReceivedRequest, *, close: bool) -> None:
+        await asyncio.sleep(delay.seconds)
+        self._delayed = False
+        if self._done:
+            return
+        then = delay.then if delay.then is not None else self._standin._chroma(request)
+        self._act(then, request, close=close)
+        if not self._done and not self._delayed and self._transport is not None:
+            self._transport.resume_reading()
+            self._process_guarded()  # a request pipelined meanwhile
 
     async def _stall_then_close(self, stall: Stall) -> None:
         await asyncio.sleep(stall.seconds)

@@ -137,15 +137,22 @@ def _aiohttp_session(config: UpstreamConfig, context: ssl.SSLContext) -> aiohttp
     connector = aiohttp.TCPConnector(
         ssl=context, limit=config.max_connections, keepalive_timeout=30.0, ttl_dns_cache=60
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
-        # aiohttp would otherwise add accept-encoding, which the header allowlist doesn't name.
-        skip_auto_headers=("Accept-Encoding",),
+        # aiohttp would otherwise add accept-encoding, and content-type: application/octet-stream
+        # on a body-less PUT; the header allowlist names neither.
+        skip_auto_headers=("Accept-Encoding", "Content-Type"),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         raise_for_status=False,
     )
+    # aiohttp silently re-sends an idempotent request (PUT included) once when the connection
+    # drops, even after the request has left: one audited attempt would become two cancels, and
+    # the caller could get the retry's 412 for an invocation the first request did cancel.
+    # There is no public switch; aiohttp's own test client turns it off the same way.
+    session._retry_connection = False
+    return session
 
 
 def _kind(exc: BaseException) -> str:

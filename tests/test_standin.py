@@ -15,6 +15,7 @@ import trustme
 
 from gateway.standin import (
     Close,
+    Delay,
     Raw,
     ReceivedRequest,
     Reset,
@@ -281,6 +282,54 @@ def test_stall_closes_connection_after_its_time(standin: StandIn) -> None:
     started = time.monotonic()
     assert raw_exchange(standin, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n") == b""
     assert 0.15 < time.monotonic() - started < 2
+
+
+def test_delay_answers_after_its_time_without_blocking_others(
+    standin: StandIn, client: httpx.Client
+) -> None:
+    invocation = standin.add_pending()
+    standin.behaviour = lambda r: Delay(0.6) if r.method == "PUT" else None
+    answers: list[tuple[int, float]] = []
+
+    def slow_cancel() -> None:
+        started = time.monotonic()
+        with httpx.Client(base_url=standin.base_url, timeout=5) as c:
+            response = c.put(cancel_path(invocation), headers=AUTH)
+        answers.append((response.status_code, time.monotonic() - started))
+
+    thread = threading.Thread(target=slow_cancel)
+    thread.start()
+    time.sleep(0.1)
+    assert client.get("/health").status_code == 200  # the stand-in is not blocked...
+    assert answers == []  # ...while the delayed answer is still due
+    assert standin.state_of(invocation) == "pending"  # the default is decided after the wait
+    thread.join(5)
+    [(status, seconds)] = answers
+    assert status == 202 and seconds >= 0.55
+    assert standin.state_of(invocation) == "cancelled"
+
+
+def test_delay_then_action_and_keep_alive_continue_on_the_connection(
+    standin: StandIn, client: httpx.Client
+) -> None:
+    standin.behaviour = lambda r: (
+        Delay(0.2, then=json_response(409, {"error": "Conflict", "message": "late"}))
+        if r.target == "/slow"
+        else None
+    )
+    started = time.monotonic()
+    response = client.get("/slow")
+    assert (response.status_code, response.json()["message"]) == (409, "late")
+    assert time.monotonic() - started >= 0.15
+    assert client.get("/health").status_code == 200
+    assert standin.connection_count == 1
+    reply = raw_exchange(
+        standin,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 409 ")
+    assert reply.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 " in reply  # pipelined, in order
 
 
 def test_reset_gives_connection_reset(standin: StandIn) -> None:

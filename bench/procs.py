@@ -1,0 +1,263 @@
+"""The processes the benchmark drives: the stand-in, the gateway, and optional observers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import keys
+from tests.harness import (
+    RunningGateway,
+    free_port,
+    start_gateway,
+    wait_until_serving,
+    write_config,
+)
+
+TEAM = "bench"
+TEAM_KEY = keys.new_key()
+UPSTREAM_TOKEN = "bench-upstream-" + secrets.token_hex(16)
+
+
+@dataclass
+class StandInProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        """Connections the stand-in has accepted and requests it has seen, so far."""
+        with urllib.request.urlopen(self.base_url + "/bench/stats", timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def standin_process(max_seconds: float) -> Iterator[StandInProcess]:
+    env = dict(os.environ, BENCH_STANDIN_TOKEN=UPSTREAM_TOKEN)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.standin_server", "--max-seconds", str(max_seconds)],
+        stdout=subprocess.PIPE, env=env,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 15.0)
+        line = process.stdout.readline().decode() if ready else ""
+        if not line.startswith("port "):
+            raise RuntimeError(f"stand-in did not start (said {line!r})")
+        yield StandInProcess(process, int(line.split()[1]))
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@contextlib.contextmanager
+def gateway_process(
+    folder: Path, upstream_url: str, *, fsync: bool, transport: str,
+    prefix: list[str] | None = None,
+) -> Iterator[RunningGateway]:
+    """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(
+        folder, upstream_url=upstream_url, port=port, token=UPSTREAM_TOKEN,
+        upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0},
+        audit={"fsync": fsync},
+        # Limits far above anything the benchmark can reach: no 429s.
+        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)],
+                "rate_limit": 1e9, "burst": 10**9}],
+    )
+    if prefix:
+        gateway = _start_with_prefix(config, port, prefix)
+    else:
+        gateway = start_gateway(config, port=port)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def _start_with_prefix(config: Path, port: int, prefix: list[str]) -> RunningGateway:
+    """Like tests.harness.start_gateway, with interpreter options (e.g. `-m cProfile -o F`)."""
+    folder = config.parent
+    stdout_path, stderr_path = folder / f"stdout-{port}.log", folder / f"stderr-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_SYNC")}
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, *prefix, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=out, stderr=err, env=env,
+        )
+    gateway = RunningGateway(process, port, folder, config, stdout_path, stderr_path,
+                             folder / "audit.jsonl")
+    wait_until_serving(gateway)
+    return gateway
+
+
+# -- requests --------------------------------------------------------------------------------
+
+def invocation_ids(n: int) -> list[str]:
+    import uuid
+
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def gateway_requests(port: int, ids: list[str]) -> list[bytes]:
+    return [
+        (f"PUT /api/v1/invocations/{i} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+         f"authorization: Bearer {TEAM_KEY}\r\ncontent-length: 0\r\n\r\n").encode()
+        for i in ids
+    ]
+
+
+def direct_requests(port: int, ids: list[str]) -> list[bytes]:
+    return [
+        (f"PUT /api/v1/invocations/{i} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+         f"x-chroma-token: {UPSTREAM_TOKEN}\r\naccept: application/json\r\n"
+         f"content-length: 0\r\n\r\n").encode()
+        for i in ids
+    ]
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? ([0-9.eE+-]+|NaN|\+Inf)$')  # label values hold {}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The gateway's /metrics as {name{labels}: value} (histogram sums and counts included)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            name, labels, value = match.groups()
+            samples[f"{name}{{{labels or ''}}}"] = float(value)
+    return samples
+
+
+def histogram_mean_ms(
+    before: dict[str, float], after: dict[str, float], name: str, labels: str = "",
+) -> float | None:
+    total = after.get(f"{name}_sum{{{labels}}}", 0.0) - before.get(f"{name}_sum{{{labels}}}", 0.0)
+    count = after.get(f"{name}_count{{{labels}}}", 0.0) - before.get(
+        f"{name}_count{{{labels}}}", 0.0)
+    return total / count * 1000 if count else None
+
+
+# -- fsync counting from outside (perf tracepoints, when this machine allows them) ------------
+
+_perf_ok: bool | None = None
+
+
+def perf_available() -> bool:
+    global _perf_ok
+    if _perf_ok is None:
+        _perf_ok = False
+        if shutil.which("perf"):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                probe = subprocess.run(
+                    ["perf", "stat", "-x,", "-e", "syscalls:sys_enter_fsync", "--", "true"],
+                    capture_output=True, timeout=10,
+                )
+                _perf_ok = probe.returncode == 0 and b"sys_enter_fsync" in probe.stderr
+    return _perf_ok
+
+
+class FsyncCounter:
+    """Counts fsync/fdatasync calls of a running process (all its threads) while open."""
+
+    EVENTS = ("syscalls:sys_enter_fsync", "syscalls:sys_enter_fdatasync")
+
+    def __init__(self, pid: int) -> None:
+        self.count: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        if perf_available():
+            args = ["perf", "stat", "-x,", "-p", str(pid)]
+            for event in self.EVENTS:
+                args += ["-e", event]
+            self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE)
+            time.sleep(0.3)  # let perf attach
+
+    def finish(self) -> int | None:
+        if self._process is None:
+            return None
+        self._process.send_signal(signal.SIGINT)
+        try:
+            _, err = self._process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            return None
+        total = 0
+        found = False
+        for line in err.decode(errors="replace").splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] in self.EVENTS and fields[0].strip().isdigit():
+                total += int(fields[0])
+                found = True
+        self.count = total if found else None
+        return self.count
+
+
+# -- raw fsync cost ------------------------------------------------------------------------------
+
+def raw_fsync_ms(folder: Path, iterations: int) -> list[float]:
+    """write + fsync of one 200-byte line, `iterations` times: each round's milliseconds."""
+    path = folder / "fsync-probe.jsonl"
+    line = b"x" * 199 + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    times: list[float] = []
+    try:
+        for _ in range(iterations):
+            started = time.perf_counter_ns()
+            os.write(fd, line)
+            os.fsync(fd)
+            times.append((time.perf_counter_ns() - started) / 1e6)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return times
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process (all its threads) has used so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime 14, stime 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))

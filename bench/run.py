@@ -1,0 +1,452 @@
+"""Gateway benchmark: throughput and latency figures (not a test).
+
+    scripts/bench [--quick] [--json PATH] [--profile] [--workdir DIR]
+    python -m bench.run ...          (from the repository root, with the project's venv)
+
+Three kinds of process, as in production: the Chroma Sync stand-in in its own process
+(`bench.standin_server`, answering every authenticated cancel 202 `{}`), the gateway as a real
+`python -m gateway serve --config ...` subprocess, and the load generator here (`bench.loadgen`:
+raw keep-alive sockets, pre-built requests, TCP_NODELAY, one request at a time per
+connection, N connections in parallel).
+
+Scenarios, each at 1 and 32 connections, after a warm-up: direct to the stand-in (the
+baseline), gateway with transport aiohttp and fsync=false, aiohttp and fsync=true, and httpx
+and fsync=true. Each measured phase stops at a request count or a duration, whichever comes
+first (full: 3000 requests / 5 s; --quick: 300 / 1 s). Teams' rate limits are set far above
+reach; any answer other than 202 is reported, and makes the exit status 1 (the figures of
+such a run are not comparable).
+
+Also printed: derived comparisons, the raw cost of write+fsync of a 200-byte line on the
+filesystem of the work directory, the audit group-commit effect at 32 connections (records
+written; fsync calls counted with `perf` tracepoints when this machine allows it), and the
+gateway's own view of each run from /metrics (mean handler time and mean upstream time).
+
+--profile adds a sampling profile (py-spy, if installed) of the gateway serving 1 connection
+with fsync=true: where its CPU time goes, by function and by package.
+
+All processes are loopback-only and stop by themselves; the work directory (a fresh temporary
+directory unless --workdir is given) is removed at the end unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen, procs
+from bench import profile as pyspy
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup: int
+    count: int
+    seconds: float
+    fsync_iterations: int
+    profile_seconds: float
+
+
+FULL = Settings(warmup=200, count=3000, seconds=5.0, fsync_iterations=200, profile_seconds=8.0)
+QUICK = Settings(warmup=50, count=300, seconds=1.0, fsync_iterations=50, profile_seconds=3.0)
+
+CONNECTIONS = (1, 32)
+GATEWAYS = (
+    # (label, transport, fsync)
+    ("gateway aiohttp fsync=false", "aiohttp", False),
+    ("gateway aiohttp fsync=true", "aiohttp", True),
+    ("gateway httpx fsync=true", "httpx", True),
+)
+DIRECT = "direct to stand-in"
+CANCEL_ROUTE = 'route="/api/v1/invocations/{invocation_id}"'
+
+
+@dataclass
+class Row:
+    scenario: str
+    connections: int
+    requests: int
+    seconds: float
+    rps: float
+    p50: float
+    p90: float
+    p99: float
+    statuses: dict[int, int]
+    handler_ms: float | None = None  # gateway's own request_duration mean (incl. result record)
+    upstream_ms: float | None = None  # gateway's upstream exchange mean
+    upstream_connections: int | None = None  # new upstream connections during the run
+    gateway_cpu_ms: float | None = None  # gateway process CPU time per request
+    standin_cpu_ms: float | None = None  # stand-in process CPU time per request
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def non_202(self) -> dict[int, int]:
+        return {s: n for s, n in self.statuses.items() if s != 202}
+
+
+def measure(
+    scenario: str, port: int, requests: list[bytes], connections: int, settings: Settings,
+    between: Any = None, *, gateway_pid: int | None = None, standin_pid: int | None = None,
+) -> Row:
+    cpu: dict[str, float | None] = {}
+
+    def mark() -> None:
+        if between is not None:
+            between()
+        cpu["gateway"] = procs.cpu_seconds(gateway_pid) if gateway_pid else None
+        cpu["standin"] = procs.cpu_seconds(standin_pid) if standin_pid else None
+
+    result = loadgen.run(loadgen.run_load(
+        port, requests, connections=connections, warmup=settings.warmup,
+        count=settings.count, seconds=settings.seconds, between=mark,
+    ))
+    row = Row(
+        scenario=scenario, connections=connections, requests=result.requests,
+        seconds=result.seconds, rps=result.rps, p50=result.percentile_ms(50),
+        p90=result.percentile_ms(90), p99=result.percentile_ms(99),
+        statuses=dict(result.statuses),
+    )
+
+    def per_request(pid: int | None, before: float | None) -> float | None:
+        after = procs.cpu_seconds(pid) if pid else None
+        if after is None or before is None or not row.requests:
+            return None
+        return (after - before) * 1000 / row.requests
+
+    row.gateway_cpu_ms = per_request(gateway_pid, cpu.get("gateway"))
+    row.standin_cpu_ms = per_request(standin_pid, cpu.get("standin"))
+    return row
+
+
+def run_gateway_scenarios(
+    label: str, transport: str, fsync: bool, standin: procs.StandInProcess, folder: Path,
+    ids: list[str], settings: Settings, rows: list[Row], notes: dict[str, Any],
+) -> None:
+    with procs.gateway_process(folder, standin.base_url, fsync=fsync,
+                               transport=transport) as gw:
+        requests = procs.gateway_requests(gw.port, ids)
+        for connections in CONNECTIONS:
+            state: dict[str, Any] = {}
+            watch_group_commit = fsync and transport == "aiohttp" and connections == max(
+                CONNECTIONS)
+
+            def between(state: dict[str, Any] = state, watch: bool = watch_group_commit) -> None:
+                state["metrics"] = procs.scrape(gw.port)
+                state["standin"] = standin.stats()
+                if watch:
+                    time.sleep(0.3)  # let the warm-up's last result records land
+                    state["lines"] = procs.count_lines(gw.audit_path)
+                    state["fsyncs"] = procs.FsyncCounter(gw.process.pid)
+
+            row = measure(label, gw.port, requests, connections, settings, between,
+                          gateway_pid=gw.process.pid, standin_pid=standin.process.pid)
+            after = procs.scrape(gw.port)
+            row.upstream_connections = (
+                standin.stats()["connections"] - state["standin"]["connections"])
+            before = state["metrics"]
+            row.handler_ms = procs.histogram_mean_ms(
+                before, after, "chroma_sync_gateway_request_duration_seconds", CANCEL_ROUTE)
+            row.upstream_ms = procs.histogram_mean_ms(
+                before, after, "chroma_sync_gateway_upstream_duration_seconds")
+            if watch_group_commit:
+                time.sleep(0.3)  # result records are written just after each answer
+                fsyncs = state["fsyncs"].finish()
+                records = procs.count_lines(gw.audit_path) - state["lines"]
+                notes["group_commit"] = {
+                    "scenario": label, "connections": connections, "requests": row.requests,
+                    "records_written": records, "fsync_calls": fsyncs,
+                    "records_per_fsync": round(records / fsyncs, 2) if fsyncs else None,
+                    "audit_records_per_s": round(records / row.seconds, 1),
+                }
+            rows.append(row)
+        if fsync and transport == "aiohttp":
+            notes["audit_verify"] = verify_audit(gw.audit_path)
+
+
+def verify_audit(path: Path) -> str:
+    """`audit verify` of the log after load (it is still open, its lock held: read-only)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[-1] if text else f"exit {done.returncode}"
+
+
+def cprofile_gateway(
+    upstream_url: str, folder: Path, ids: list[str], settings: Settings,
+) -> dict[str, Any] | None:
+    """The gateway under cProfile (fsync=true, aiohttp) serving 1 connection."""
+    stats = folder / "gateway.pstats"
+    with procs.gateway_process(folder, upstream_url, fsync=True, transport="aiohttp",
+                               prefix=["-m", "cProfile", "-o", str(stats)]) as gw:
+        requests = procs.gateway_requests(gw.port, ids)
+        load = Settings(settings.warmup, settings.count, settings.seconds,
+                        settings.fsync_iterations, settings.profile_seconds)
+        row = measure("cProfiled gateway aiohttp fsync=true", gw.port, requests, 1, load)
+    if not stats.exists():
+        print("  (cProfile wrote no statistics)")
+        return None
+    summary = pyspy.cprofile_summary(stats, row.requests + settings.warmup)
+    summary["load"] = {"requests": row.requests, "rps": round(row.rps, 1),
+                       "p50_ms": round(row.p50, 3)}
+    return summary
+
+
+def print_cprofile(summary: dict[str, Any]) -> None:
+    load = summary["load"]
+    print(f"\ncProfile of the gateway at 1 connection, fsync=true, aiohttp: {load['requests']} "
+          f"requests, {load['rps']:.0f} req/s, p50 {load['p50_ms']:.3f} ms under the profiler "
+          f"(functions called at least once per 2 requests; us = microseconds per request)")
+    print(f"  {'calls/req':>9} {'own us':>7} {'incl us':>8}  function (own time, top)")
+    for name, calls, own, incl in summary["own_top"][:20]:
+        print(f"  {calls:9.2f} {own:7.1f} {incl:8.1f}  {name}")
+    print(f"  {'calls/req':>9} {'own us':>7} {'incl us':>8}  function (inclusive, selected "
+          f"packages)")
+    for name, calls, own, incl in summary["inclusive_top"][:20]:
+        print(f"  {calls:9.2f} {own:7.1f} {incl:8.1f}  {name}")
+
+
+def profile_gateway(
+    upstream_url: str, folder: Path, ids: list[str], settings: Settings,
+) -> dict[str, Any] | None:
+    if not pyspy.available():
+        print("  (--profile: py-spy is not installed; `pip install py-spy` to enable)")
+        return None
+    with procs.gateway_process(folder, upstream_url, fsync=True, transport="aiohttp") as gw:
+        requests = procs.gateway_requests(gw.port, ids)
+        holder: dict[str, pyspy.Sampler] = {}
+
+        def start_sampler() -> None:
+            holder["sampler"] = pyspy.Sampler(
+                gw.process.pid, settings.profile_seconds, folder / "pyspy.txt", rate=500)
+            time.sleep(0.5)  # attach before the load starts
+
+        # Load for a little less than the sampling window, so every sample sees load.
+        load = Settings(settings.warmup, 10**6, settings.profile_seconds - 1.5,
+                        settings.fsync_iterations, settings.profile_seconds)
+        row = measure("profiled gateway aiohttp fsync=true", gw.port, requests, 1, load,
+                      start_sampler)
+        result = holder["sampler"].finish()
+    if result is None:
+        return None
+    summary = result.as_dict()
+    summary["load"] = {"requests": row.requests, "rps": round(row.rps, 1),
+                       "p50_ms": round(row.p50, 3)}
+    return summary
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+def print_table(rows: list[Row]) -> None:
+    header = (f"{'scenario':<30} {'conns':>5} {'requests':>8} {'req/s':>8} {'p50 ms':>8} "
+              f"{'p90 ms':>8} {'p99 ms':>8} {'gw ms':>7} {'up ms':>7} {'gwCPU':>6} {'siCPU':>6} "
+              f"{'up+c':>5}  non-202")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        gw = f"{r.handler_ms:7.3f}" if r.handler_ms is not None else f"{'-':>7}"
+        up = f"{r.upstream_ms:7.3f}" if r.upstream_ms is not None else f"{'-':>7}"
+        upc = f"{r.upstream_connections:5d}" if r.upstream_connections is not None else (
+            f"{'-':>5}")
+        gwc = f"{r.gateway_cpu_ms:6.3f}" if r.gateway_cpu_ms is not None else f"{'-':>6}"
+        sic = f"{r.standin_cpu_ms:6.3f}" if r.standin_cpu_ms is not None else f"{'-':>6}"
+        bad = ", ".join(f"{s}: {n}" for s, n in sorted(r.non_202.items())) or "0"
+        print(f"{r.scenario:<30} {r.connections:>5} {r.requests:>8} {r.rps:>8.0f} "
+              f"{r.p50:>8.3f} {r.p90:>8.3f} {r.p99:>8.3f} {gw} {up} {gwc} {sic} {upc}  {bad}")
+    print("gw ms = the gateway's own mean handler time (/metrics; includes writing the result "
+          "record, after the answer); up ms = its mean upstream exchange;\ngwCPU / siCPU = CPU ms "
+          "per request used by the gateway / stand-in process (all threads); up+c = upstream "
+          "connections opened during the measured phase.")
+
+
+def find(rows: list[Row], scenario: str, connections: int) -> Row | None:
+    return next((r for r in rows if r.scenario == scenario and r.connections == connections),
+                None)
+
+
+def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lo, hi = min(CONNECTIONS), max(CONNECTIONS)
+    direct = find(rows, DIRECT, lo)
+    nofsync1 = find(rows, GATEWAYS[0][0], lo)
+    fsync1 = find(rows, GATEWAYS[1][0], lo)
+    httpx1 = find(rows, GATEWAYS[2][0], lo)
+    nofsync32 = find(rows, GATEWAYS[0][0], hi)
+    fsync32 = find(rows, GATEWAYS[1][0], hi)
+    httpx32 = find(rows, GATEWAYS[2][0], hi)
+    if direct and nofsync1 and fsync1:
+        lines.append(
+            f"gateway overhead at 1 connection = p50(gateway) - p50(direct) = "
+            f"{nofsync1.p50 - direct.p50:.3f} ms with fsync=false, "
+            f"{fsync1.p50 - direct.p50:.3f} ms with fsync=true "
+            f"(direct p50 {direct.p50:.3f} ms)")
+        lines.append(
+            f"durability cost at 1 connection = p50(fsync=true) - p50(fsync=false) = "
+            f"{fsync1.p50 - nofsync1.p50:.3f} ms = {(fsync1.p50 - nofsync1.p50) / fsync_p50(notes):.1f}"
+            f" x raw fsync p50")
+    if nofsync32 and fsync32:
+        pct = 100.0 * fsync32.rps / nofsync32.rps if nofsync32.rps else float("nan")
+        lines.append(
+            f"fsync=true throughput at {hi} connections = {pct:.0f}% of fsync=false "
+            f"({fsync32.rps:.0f} vs {nofsync32.rps:.0f} req/s; goal >= 70%: "
+            f"{'met' if pct >= 70 else 'NOT met'})")
+    if fsync1 and httpx1 and fsync32 and httpx32:
+        lines.append(
+            f"aiohttp vs httpx transport (fsync=true): {hi} connections {fsync32.rps:.0f} vs "
+            f"{httpx32.rps:.0f} req/s ({100.0 * fsync32.rps / httpx32.rps - 100:+.0f}% for "
+            f"aiohttp); 1 connection p50 {fsync1.p50:.3f} vs {httpx1.p50:.3f} ms "
+            f"({fsync1.p50 - httpx1.p50:+.3f} ms for aiohttp); upstream exchange mean "
+            f"{fsync1.upstream_ms or float('nan'):.3f} vs {httpx1.upstream_ms or float('nan'):.3f}"
+            f" ms")
+    raw = notes.get("raw_fsync_ms")
+    if raw:
+        lines.append(
+            f"raw write+fsync of a 200-byte line ({raw['iterations']}x): p50 {raw['p50']:.3f} ms,"
+            f" p90 {raw['p90']:.3f} ms, p99 {raw['p99']:.3f} ms (~{1000 / raw['p50']:.0f} "
+            f"fsyncs/s serially)")
+    gc = notes.get("group_commit")
+    if gc:
+        text = (f"audit group commit ({gc['scenario']}, {gc['connections']} connections): "
+                f"{gc['records_written']} records for {gc['requests']} requests "
+                f"({gc['audit_records_per_s']:.0f} records/s)")
+        if gc["fsync_calls"]:
+            text += (f", {gc['fsync_calls']} fsync calls = {gc['records_per_fsync']:.1f} "
+                     f"records per fsync")
+        elif raw:
+            bound = gc["audit_records_per_s"] * raw["p50"] / 1000
+            text += (f"; fsync calls not countable here; at the raw fsync p50 that implies "
+                     f">= {bound:.1f} records per fsync")
+        lines.append(text)
+    if "audit_verify" in notes:
+        lines.append(f"audit verify after load: {notes['audit_verify']}")
+    return lines
+
+
+def fsync_p50(notes: dict[str, Any]) -> float:
+    raw = notes.get("raw_fsync_ms") or {}
+    return raw.get("p50") or float("nan")
+
+
+def print_profile(summary: dict[str, Any]) -> None:
+    load = summary["load"]
+    print(f"\nprofile of the gateway at 1 connection, fsync=true, aiohttp (py-spy, "
+          f"{summary['rate_hz']} Hz, {summary['seconds']:.0f} s, on-CPU samples only): "
+          f"{load['requests']} requests, {load['rps']:.0f} req/s, p50 {load['p50_ms']:.3f} ms; "
+          f"gateway CPU busy {summary['cpu_busy_pct']}% of one core")
+    print("  threads: " + ", ".join(f"{k} {v}" for k, v in summary["threads"].items()))
+    print("  on-CPU samples by component (self time credited to the innermost component):")
+    for name, share in summary["components"]:
+        print(f"    {share:5.1f}%  {name}")
+    print("  self time, top functions:")
+    for name, share in summary["self_top"][:12]:
+        print(f"    {share:5.1f}%  {name}")
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="far fewer requests (smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--profile", nargs="?", const="pyspy", choices=("pyspy", "cprofile"),
+                        help="also profile the gateway at 1 connection: py-spy sampling "
+                             "(the default) or cProfile")
+    parser.add_argument("--workdir", metavar="DIR",
+                        help="where configs and audit logs go (default: a new temp dir); "
+                             "the raw fsync cost is measured there too")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    started = time.monotonic()
+
+    workdir = Path(tempfile.mkdtemp(prefix="csg-bench-", dir=args.workdir))
+    rows: list[Row] = []
+    notes: dict[str, Any] = {}
+    profile_summary: dict[str, Any] | None = None
+    try:
+        print(f"chroma-sync-gateway benchmark ({'quick' if args.quick else 'full'}): "
+              f"warm-up {settings.warmup}, then {settings.count} requests or "
+              f"{settings.seconds:g} s per run; {os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}, perf fsync counting "
+              f"{'on' if procs.perf_available() else 'off'}")
+        times = procs.raw_fsync_ms(workdir, settings.fsync_iterations)
+        quantiles = statistics.quantiles(times, n=100, method="inclusive")
+        notes["raw_fsync_ms"] = {
+            "iterations": len(times), "p50": statistics.median(times), "p90": quantiles[89],
+            "p99": quantiles[98], "mean": statistics.fmean(times),
+        }
+        ids = procs.invocation_ids(256)
+        with procs.standin_process(max_seconds=900) as standin:
+            direct = procs.direct_requests(standin.port, ids)
+            for connections in CONNECTIONS:
+                rows.append(measure(DIRECT, standin.port, direct, connections, settings,
+                                    standin_pid=standin.process.pid))
+            for label, transport, fsync in GATEWAYS:
+                run_gateway_scenarios(
+                    label, transport, fsync, standin,
+                    workdir / label.replace(" ", "-").replace("=", "-"), ids, settings, rows,
+                    notes)
+            if args.profile == "pyspy":
+                profile_summary = profile_gateway(
+                    standin.base_url, workdir / "profile", ids, settings)
+            elif args.profile == "cprofile":
+                profile_summary = cprofile_gateway(
+                    standin.base_url, workdir / "profile", ids, settings)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print_table(rows)
+    print()
+    for line in derived_lines(rows, notes):
+        print(line)
+    if profile_summary and args.profile == "pyspy":
+        print_profile(profile_summary)
+    elif profile_summary:
+        print_cprofile(profile_summary)
+    bad = [r for r in rows if r.non_202]
+    for r in bad:
+        print(f"WARNING: {r.scenario} at {r.connections} connection(s) got non-202 answers: "
+              f"{r.non_202}")
+    elapsed = time.monotonic() - started
+    print(f"\n(benchmark took {elapsed:.0f} s)")
+
+    if args.json:
+        data = {
+            "mode": "quick" if args.quick else "full",
+            "settings": settings.__dict__,
+            "environment": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(terse=True)},
+            "rows": [{
+                "scenario": r.scenario, "connections": r.connections, "requests": r.requests,
+                "seconds": round(r.seconds, 4), "rps": round(r.rps, 1),
+                "p50_ms": round(r.p50, 4), "p90_ms": round(r.p90, 4), "p99_ms": round(r.p99, 4),
+                "statuses": {str(k): v for k, v in r.statuses.items()},
+                "gateway_handler_mean_ms": r.handler_ms, "upstream_mean_ms": r.upstream_ms,
+                "upstream_connections_opened": r.upstream_connections,
+                "gateway_cpu_ms_per_request": r.gateway_cpu_ms,
+                "standin_cpu_ms_per_request": r.standin_cpu_ms,
+            } for r in rows],
+            "notes": notes,
+            "derived": derived_lines(rows, notes),
+            "profile": profile_summary,
+            "elapsed_s": round(elapsed, 1),
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
