@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import statistics
 import sys
@@ -38,16 +37,20 @@ def per_call_us(fn: Callable[[], object], n: int) -> float:
     return best
 
 
-async def per_await_us(fn: Callable[[], Awaitable[object]], n: int) -> tuple[float, float]:
-    """(median, mean) microseconds of sequential awaits."""
+async def per_await_us(
+    fn: Callable[[], Awaitable[object]], n: int,
+) -> tuple[float, float, float]:
+    """(median wall, mean wall, mean CPU of this process) microseconds of sequential awaits."""
     for _ in range(min(100, n)):
         await fn()
     times = []
+    cpu = time.process_time()
     for _ in range(n):
         started = time.perf_counter_ns()
         await fn()
         times.append((time.perf_counter_ns() - started) / 1e3)
-    return statistics.median(times), statistics.fmean(times)
+    cpu = (time.process_time() - cpu) / n * 1e6
+    return statistics.median(times), statistics.fmean(times), cpu
 
 
 def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
@@ -115,27 +118,21 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
                                        ("user-agent", "chroma-sync-gateway/0.1.0")]), n),
         "1 call"))
 
-    # The access log exactly as `serve` configures it (JSON lines), written to a file.
-    saved = sys.stderr
-    with open(folder / "stderr.log", "w") as sink:
-        sys.stderr = sink
-        try:
-            logs.configure(json_output=True)
-            import structlog
+    # The access log exactly as `serve` configures it (JSON lines); main() has pointed
+    # stderr at a file in the work folder, which stays open to the end.
+    logs.configure(json_output=True)
+    import structlog
 
-            log = structlog.get_logger("gateway")
-            results.append(("access log line (structlog JSON + write)", per_call_us(
-                lambda: log.info("access", request_id=exchange.request_id, method="PUT",
-                                 route="/api/v1/invocations/{invocation_id}", status=202,
-                                 duration_ms=1.234, team="bench"), n), "1 call"))
-            sys.stderr = io.StringIO()
-        finally:
-            sys.stderr = saved
+    log = structlog.get_logger("gateway")
+    results.append(("access log line (structlog JSON + write)", per_call_us(
+        lambda: log.info("access", request_id=exchange.request_id, method="PUT",
+                         route="/api/v1/invocations/{invocation_id}", status=202,
+                         duration_ms=1.234, team="bench"), n), "1 call"))
     return results
 
 
-async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float]]:
-    """(name, median us, mean us) of one awaited AuditLog.write, as the gateway does it."""
+async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float, float]]:
+    """(name, median, mean, CPU us) of one awaited AuditLog.write, as the gateway does it."""
     from gateway.audit import AuditLog
     from gateway.config import AuditConfig
 
@@ -149,11 +146,10 @@ async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float
                                    checkpoint_every=10**9, checkpoint_seconds=3600))
         await log.start()
         try:
-            median, mean = await per_await_us(lambda log=log: log.write(dict(body)), n)
+            figures = await per_await_us(lambda log=log: log.write(dict(body)), n)
         finally:
             await log.close()
-        out.append((f"AuditLog.write awaited, fsync={'true' if fsync else 'false'}",
-                    median, mean))
+        out.append((f"AuditLog.write awaited, fsync={'true' if fsync else 'false'}", *figures))
     # The same bytes written inline on the loop thread (no executor hop), for comparison.
     fd = os.open(folder / "inline.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     line = b"x" * 380 + b"\n"
@@ -164,15 +160,15 @@ async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float
             os.fsync(fd)
 
     for sync in (False, True):
-        median, mean = await per_await_us(lambda sync=sync: inline(sync), n)
+        figures = await per_await_us(lambda sync=sync: inline(sync), n)
         out.append((f"inline os.write{' + os.fsync' if sync else ''} (no thread hop)",
-                    median, mean))
+                    *figures))
     os.close(fd)
     return out
 
 
-async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float]]:
-    """(name, median us, mean us) of one cancel to the stand-in by each client stack."""
+async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float, float]]:
+    """(name, median, mean, CPU us) of one cancel to the stand-in by each client stack."""
     import aiohttp
 
     from gateway.config import UpstreamConfig
@@ -212,8 +208,8 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
         out.append(("aiohttp ClientSession alone", *await per_await_us(plain_aiohttp, n)))
 
     for transport in ("aiohttp", "httpx"):
-        client = UpstreamClient(UpstreamConfig(base_url=url, token_env="X"),
-                                transport=transport)  # type: ignore[arg-type]
+        config = UpstreamConfig(base_url=url, token_env="UNUSED")  # noqa: S106
+        client = UpstreamClient(config, transport=transport)  # type: ignore[arg-type]
 
         async def gateway_client(client: UpstreamClient = client) -> None:
             nonlocal index
@@ -229,26 +225,69 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
     return out
 
 
+def bare_server_floor(n: int) -> tuple[float, float]:
+    """(p50 wall us, server CPU us per request) of `bench.bare_server` at 1 connection."""
+    import subprocess
+
+    from tests.harness import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_server", "--port", str(port), "--max-seconds", "120"])
+    try:
+        import socket
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        requests = procs.gateway_requests(port, procs.invocation_ids(16))
+        marks: dict[str, float | None] = {}
+        result = loadgen.run(loadgen.run_load(
+            port, requests, connections=1, warmup=200, count=n, seconds=10.0,
+            between=lambda: marks.update(cpu=procs.cpu_seconds(process.pid))))
+        after = procs.cpu_seconds(process.pid)
+        before = marks.get("cpu")
+        cpu = (after - before) * 1e6 / result.requests if after and before is not None else 0.0
+        return result.percentile_ms(50) * 1000, cpu
+    finally:
+        procs.stop(process)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     n_cpu, n_io = (500, 200) if args.quick else (5000, 2000)
-    with tempfile.TemporaryDirectory(prefix="csg-micro-") as tmp:
+    saved_stderr = sys.stderr
+    with tempfile.TemporaryDirectory(prefix="csg-micro-") as tmp, \
+            open(Path(tmp) / "stderr.log", "w") as sink:
         folder = Path(tmp)
+        sys.stderr = sink  # the gateway's logs (as `serve` configures them) go here
         print("in-process CPU work per request (best of 3 batches):")
         total = 0.0
         for name, us, note in cpu_components(n_cpu, folder):
             total += us
             print(f"  {us:8.1f} us  {name} [{note}]")
         print(f"  {total:8.1f} us  total of the above")
-        print("\naudit write, awaited one at a time (median / mean us):")
-        for name, median, mean in loadgen.run(audit_roundtrips(n_io, folder)):
-            print(f"  {median:8.1f} / {mean:8.1f} us  {name}")
+        print("\naudit write, awaited one at a time (wall median / wall mean / CPU of this "
+              "process, us):")
+        for name, median, mean, cpu in loadgen.run(audit_roundtrips(n_io, folder)):
+            print(f"  {median:8.1f} / {mean:8.1f} / {cpu:7.1f} us  {name}")
         with procs.standin_process(max_seconds=300) as standin:
-            print("\nupstream round trip to the stand-in, one at a time (median / mean us):")
-            for name, median, mean in loadgen.run(upstream_roundtrips(standin.port, n_io)):
-                print(f"  {median:8.1f} / {mean:8.1f} us  {name}")
+            print("\nupstream round trip to the stand-in, one at a time (wall median / wall mean"
+                  " / CPU of this process, us):")
+            for name, median, mean, cpu in loadgen.run(
+                    upstream_roundtrips(standin.port, n_io)):
+                print(f"  {median:8.1f} / {mean:8.1f} / {cpu:7.1f} us  {name}")
+        print("\ninbound floor: bare uvicorn + httptools + uvloop app answering 202, 1 "
+              "connection:")
+        median, cpu = bare_server_floor(n_io)
+        print(f"  {median:8.1f} us wall median, {cpu:7.1f} us server CPU per request")
+        sys.stderr = saved_stderr
     return 0
 
 

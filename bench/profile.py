@@ -186,7 +186,7 @@ def cprofile_summary(stats_path: Path, requests: int, top: int = 25) -> dict[str
     stats = pstats.Stats(str(stats_path))
     raw = stats.stats  # type: ignore[attr-defined]
     rows = []
-    for (filename, line, func), (cc, nc, tt, ct, _) in raw.items():
+    for (filename, line, func), (_cc, nc, tt, ct, _) in raw.items():
         short = short_file(filename) if filename.startswith("/") else filename
         rows.append((f"{func} ({short}:{line})", nc, tt, ct))
     total = sum(r[2] for r in rows)

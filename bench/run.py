@@ -137,8 +137,7 @@ def run_gateway_scenarios(
         requests = procs.gateway_requests(gw.port, ids)
         for connections in CONNECTIONS:
             state: dict[str, Any] = {}
-            watch_group_commit = fsync and transport == "aiohttp" and connections == max(
-                CONNECTIONS)
+            watch_group_commit = fsync and transport == "aiohttp"
 
             def between(state: dict[str, Any] = state, watch: bool = watch_group_commit) -> None:
                 state["metrics"] = procs.scrape(gw.port)
@@ -162,12 +161,12 @@ def run_gateway_scenarios(
                 time.sleep(0.3)  # result records are written just after each answer
                 fsyncs = state["fsyncs"].finish()
                 records = procs.count_lines(gw.audit_path) - state["lines"]
-                notes["group_commit"] = {
+                notes.setdefault("group_commit", []).append({
                     "scenario": label, "connections": connections, "requests": row.requests,
                     "records_written": records, "fsync_calls": fsyncs,
                     "records_per_fsync": round(records / fsyncs, 2) if fsyncs else None,
                     "audit_records_per_s": round(records / row.seconds, 1),
-                }
+                })
             rows.append(row)
         if fsync and transport == "aiohttp":
             notes["audit_verify"] = verify_audit(gw.audit_path)
@@ -291,10 +290,10 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
             f"{nofsync1.p50 - direct.p50:.3f} ms with fsync=false, "
             f"{fsync1.p50 - direct.p50:.3f} ms with fsync=true "
             f"(direct p50 {direct.p50:.3f} ms)")
+        cost = fsync1.p50 - nofsync1.p50
         lines.append(
             f"durability cost at 1 connection = p50(fsync=true) - p50(fsync=false) = "
-            f"{fsync1.p50 - nofsync1.p50:.3f} ms = {(fsync1.p50 - nofsync1.p50) / fsync_p50(notes):.1f}"
-            f" x raw fsync p50")
+            f"{cost:.3f} ms = {cost / fsync_p50(notes):.1f} x raw fsync p50")
     if nofsync32 and fsync32:
         pct = 100.0 * fsync32.rps / nofsync32.rps if nofsync32.rps else float("nan")
         lines.append(
@@ -315,14 +314,14 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
             f"raw write+fsync of a 200-byte line ({raw['iterations']}x): p50 {raw['p50']:.3f} ms,"
             f" p90 {raw['p90']:.3f} ms, p99 {raw['p99']:.3f} ms (~{1000 / raw['p50']:.0f} "
             f"fsyncs/s serially)")
-    gc = notes.get("group_commit")
-    if gc:
-        text = (f"audit group commit ({gc['scenario']}, {gc['connections']} connections): "
+    for gc in notes.get("group_commit", []):
+        text = (f"audit group commit ({gc['scenario']}, {gc['connections']} connection(s)): "
                 f"{gc['records_written']} records for {gc['requests']} requests "
                 f"({gc['audit_records_per_s']:.0f} records/s)")
         if gc["fsync_calls"]:
             text += (f", {gc['fsync_calls']} fsync calls = {gc['records_per_fsync']:.1f} "
-                     f"records per fsync")
+                     f"records per fsync, {gc['fsync_calls'] / gc['requests']:.2f} fsyncs "
+                     f"per request")
         elif raw:
             bound = gc["audit_records_per_s"] * raw["p50"] / 1000
             text += (f"; fsync calls not countable here; at the raw fsync p50 that implies "

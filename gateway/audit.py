@@ -2,11 +2,15 @@
 
 How a record gets to disk:
 
-- `write()` queues a record body and waits. One flusher task takes everything queued, chains
-  it (`seq`, `prev`, `hash`, `mac`: see `gateway.audit_chain`), and hands the bytes to a single
-  writer thread that appends them with one `write` and, with `fsync = true`, one `fsync`. Records
-  that arrive meanwhile wait for the next round, so under load many requests share one fsync
-  (group commit) while each still waits until its own record is durable.
+- `write()` queues a record body and waits. A flusher task, scheduled once for everything
+  queued in one turn of the event loop, chains it all (`seq`, `prev`, `hash`, `mac`: see
+  `gateway.audit_chain`) and appends it with one `write` and, when an attempt record is in the
+  batch and `fsync = true`, one `fsync`. Under load many requests share one fsync (group
+  commit) while each still waits until its own record is durable.
+- The fsync runs on the event loop, not in a thread: measured here, the hand-off to a writer
+  thread and back cost more than the fsync itself (1-connection p50 1.41 ms with a thread,
+  1.16 ms without; 32 connections 1554 vs 1841 req/s). A disk that stalls therefore stalls
+  the gateway, visibly (`/healthz` stops answering), instead of queueing cancels behind it.
 - A failed or short write is rolled back with `ftruncate` to the last good size, so a partial
   line is never left for the next record to be glued onto. The chain head is rolled back too.
   Records whose loss must not be silent (`retain=True`: results, checkpoints) are kept in
@@ -31,7 +35,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -92,7 +95,6 @@ class AuditLog:
             sys.stdout.buffer if config.stdout else None
         )
         self._on_failure = on_failure
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self._chain = _Chain()
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -170,7 +172,6 @@ class AuditLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        self._executor.shutdown(wait=True)
 
     async def drain(self) -> None:
         while self._flusher is not None and not self._flusher.done():
@@ -245,7 +246,6 @@ class AuditLog:
         return self.ready
 
     async def _flush(self, retry: bool = False) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue or (self._retained and (self.ready or retry)):
             retry = False
             batch, self._queue = self._queue, []
@@ -270,11 +270,7 @@ class AuditLog:
             sync = self.config.fsync and self._durable_pending
             self._durable_pending = False
             try:
-                if sync:
-                    # fsync takes a while: off the event loop, while the next batch gathers.
-                    await loop.run_in_executor(self._executor, self._append, data, True)
-                else:
-                    self._append(data, False)
+                self._append(data, sync)
             except OSError as exc:
                 self._chain.seq, self._chain.head, self._chain.since_checkpoint = saved
                 self._fail(_describe(exc))
@@ -284,8 +280,11 @@ class AuditLog:
             self.ready = True
             self.problem = None
             self.records_written += len(sealed)
-            self._after_commit(data, sealed)
             self._settle(batch, ok=True)
+            try:
+                self._after_commit(data, sealed)
+            except Exception:  # a broken stdout or log must not wedge the writer
+                log.exception("audit.mirror_failed")
 
     def _seal_batch(
         self, bodies: list[dict[str, Any]], mac_key: bytes | None
@@ -369,7 +368,7 @@ class AuditLog:
                 with contextlib.suppress(AuditUnavailable):
                     await self.write(self._checkpoint_body(), retain=True)
 
-    # -- the writer thread's side -----------------------------------------------------------
+    # -- the file itself ---------------------------------------------------------------------
 
     def _append(self, data: bytes, sync: bool) -> None:
         """Append whole lines, or nothing: a short or failed write is rolled back."""

@@ -364,3 +364,42 @@ def test_client_connection_refused_is_upstream_unavailable(transport: str) -> No
     if transport == "aiohttp":
         assert "connection refused" in failure.message
     assert TOKEN not in failure.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_connect_timeout_bounds_a_connect_that_never_completes(transport: str) -> None:
+    # A listener that never accepts, with its backlog already full: the kernel drops further
+    # SYNs, so a connect hangs exactly like one to a black-holed address.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+
+        async def main() -> tuple[UpstreamFailure, float]:
+            config = UpstreamConfig(base_url=f"http://127.0.0.1:{port}", token_file="unused",
+                                    connect_timeout=0.3, timeout=5.0)
+            client = UpstreamClient(config, transport=transport)  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                with pytest.raises(UpstreamFailure) as caught:
+                    await client.cancel(INVOCATION, token=TOKEN, request_id="req-1")
+            finally:
+                await client.aclose()
+            return caught.value, loop.time() - started
+
+        try:
+            failure, seconds = asyncio.run(main())
+        finally:
+            for filler in fillers:
+                filler.close()
+    # Cannot be reached (502), found out after connect_timeout, long before the 5 s deadline.
+    assert failure.status == 502
+    assert failure.code == "upstream_unavailable"
+    assert 0.25 <= seconds < 2.0
