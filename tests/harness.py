@@ -6,6 +6,7 @@ configured by a TOML file written here, talking to a `gateway.standin.StandIn` o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from gateway import keys
+from gateway.standin import StandIn
 
 UPSTREAM_TOKEN = "chroma-test-token-7f3a9c1e5b2d4f6a8c0e"
 BILLING_KEY = keys.new_key()
@@ -270,4 +272,25 @@ def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> RawResponse:
             closed = False
         except ConnectionResetError:
             closed = True
-        return RawResponse(status, [(k, v) for k, v in headers], body, closed)  # type: ignore[misc]
+        return RawResponse(status, [(k, v) for k, v in headers], body, closed)
+
+
+@dataclass
+class Servers:
+    """A stand-in and a gateway wired to it, shared by the tests of a module."""
+
+    standin: StandIn
+    gateway: RunningGateway
+
+
+@contextlib.contextmanager
+def running_servers(folder: Path) -> Iterator[Servers]:
+    standin = StandIn(token=UPSTREAM_TOKEN)
+    with standin.run_in_thread():
+        port = free_port()
+        config = write_config(folder, upstream_url=standin.base_url, port=port)
+        gateway = start_gateway(config, port=port)
+        try:
+            yield Servers(standin, gateway)
+        finally:
+            gateway.stop()

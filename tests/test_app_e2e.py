@@ -44,8 +44,10 @@ from tests.harness import (
     RunningGateway,
     free_port,
     raw_request,
-    start_gateway,
-    write_config,
+    running_servers,
+)
+from tests.harness import (
+    Servers as Shared,
 )
 
 GatewayFactory = Callable[..., RunningGateway]
@@ -61,24 +63,10 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # -- a gateway shared by the module ----------------------------------------------------------
 
 
-@dataclass
-class Shared:
-    gateway: RunningGateway
-    standin: StandIn
-
-
 @pytest.fixture(scope="module")
 def _shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    standin = StandIn(token=UPSTREAM_TOKEN)
-    with standin.run_in_thread():
-        folder = tmp_path_factory.mktemp("shared-gateway")
-        port = free_port()
-        config = write_config(folder, upstream_url=standin.base_url, port=port)
-        gateway = start_gateway(config, port=port)
-        try:
-            yield Shared(gateway, standin)
-        finally:
-            gateway.stop()
+    with running_servers(tmp_path_factory.mktemp("shared-gateway")) as servers:
+        yield servers
 
 
 @pytest.fixture

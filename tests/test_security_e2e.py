@@ -19,7 +19,6 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,11 @@ from tests.harness import (
     UPSTREAM_TOKEN,
     RawResponse,
     RunningGateway,
-    free_port,
     raw_request,
-    start_gateway,
-    write_config,
+    running_servers,
+)
+from tests.harness import (
+    Servers as Shared,
 )
 
 GatewayFactory = Callable[..., RunningGateway]
@@ -57,32 +57,18 @@ NEW_TOKEN = "chroma-second-token-4b8d2f6a0c1e3a5b7d9f"
 # -- fixtures and helpers -------------------------------------------------------------------
 
 
-@dataclass
-class Shared:
-    upstream: StandIn
-    gateway: RunningGateway
-
-
 @pytest.fixture(scope="module")
 def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    upstream = StandIn(token=UPSTREAM_TOKEN)
-    with upstream.run_in_thread():
-        folder = tmp_path_factory.mktemp("security")
-        port = free_port()
-        config = write_config(folder, upstream_url=upstream.base_url, port=port)
-        gateway = start_gateway(config, port=port)
-        try:
-            yield Shared(upstream, gateway)
-        finally:
-            gateway.stop()
+    with running_servers(tmp_path_factory.mktemp("security")) as servers:
+        yield servers
 
 
 @pytest.fixture
 def shared(shared_env: Shared) -> Shared:
     """The module's gateway and stand-in, with the stand-in's memory and behaviour reset."""
-    shared_env.upstream.requests.clear()
-    shared_env.upstream.behaviour = None
-    shared_env.upstream.token = UPSTREAM_TOKEN
+    shared_env.standin.requests.clear()
+    shared_env.standin.behaviour = None
+    shared_env.standin.token = UPSTREAM_TOKEN
     assert shared_env.gateway.process.poll() is None, "the shared gateway died"
     # A cancel of an earlier test still in flight would disturb the counts of this one.
     deadline = time.monotonic() + 2.0
@@ -261,7 +247,7 @@ def test_bad_credential_is_401_with_www_authenticate_and_not_forwarded(
     assert response.header("x-request-id") == rid
     assert_one_result(shared.gateway, rid, status=401, error="unauthenticated",
                       outcome="unauthenticated", invocation_id=UUID, team=None, key_id=None)
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_key_in_query_string_is_401_and_not_forwarded(shared: Shared) -> None:
@@ -271,7 +257,7 @@ def test_key_in_query_string_is_401_and_not_forwarded(shared: Shared) -> None:
     assert_error(response, 401, "unauthenticated")
     assert_one_result(shared.gateway, rid, status=401, error="unauthenticated",
                       outcome="unauthenticated", invocation_id=UUID, team=None, key_id=None)
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_unauthenticated_record_holds_the_canonical_invocation_id(shared: Shared) -> None:
@@ -291,17 +277,17 @@ def test_key_of_disabled_team_is_403_forbidden_and_not_forwarded(shared: Shared)
     assert response.header("www-authenticate") is None
     assert_one_result(shared.gateway, rid, status=403, error="forbidden", outcome="forbidden",
                       invocation_id=UUID, team="frozen", key_id=FROZEN_KEY_ID)
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_uppercase_bearer_scheme_is_accepted(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     rid = new_rid()
     response = raw_request(shared.gateway.port, http_request(
         "PUT", cancel_path(invocation), b"Authorization: BEARER " + KEY, rid=rid))
     assert response.status == 202
-    assert shared.upstream.state_of(invocation) == "cancelled"
-    assert len(shared.upstream.requests) == 1
+    assert shared.standin.state_of(invocation) == "cancelled"
+    assert len(shared.standin.requests) == 1
 
 
 @pytest.mark.parametrize("size", [100 * 1024, 1024 * 1024])
@@ -315,14 +301,14 @@ def test_oversized_header_is_431_and_closed_without_reaching_the_app(
     assert response.header("connection") == "close"
     settle(shared.gateway)
     assert cancel_count(shared.gateway) == before
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_oversized_authorization_header_is_431_not_500(shared: Shared) -> None:
     response = send_in_pieces(shared.gateway.port, [http_request(
         "PUT", cancel_path(UUID), b"Authorization: Bearer " + b"k" * 100 * 1024)])
     assert_error(response, 431, "headers_too_large")
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_header_grown_slowly_in_small_pieces_is_431(shared: Shared) -> None:
@@ -331,7 +317,7 @@ def test_header_grown_slowly_in_small_pieces_is_431(shared: Shared) -> None:
     pieces = [head + b"\r\nX-Slow: "] + [b"s" * 1024] * 200
     response = send_in_pieces(shared.gateway.port, pieces, pause=0.001)
     assert_error(response, 431, "headers_too_large")
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 def test_head_just_under_the_limit_is_served(shared: Shared) -> None:
@@ -339,7 +325,7 @@ def test_head_just_under_the_limit_is_served(shared: Shared) -> None:
     response = raw_request(shared.gateway.port, http_request(
         "PUT", cancel_path(UUID), BEARER, b"X-Padding: " + b"p" * 30 * 1024, rid=rid))
     assert response.status == 404  # forwarded; the stand-in does not know this invocation
-    assert len(shared.upstream.requests) == 1
+    assert len(shared.standin.requests) == 1
 
 
 # -- invocation ids -------------------------------------------------------------------------
@@ -396,7 +382,7 @@ def test_malformed_invocation_id_is_400_and_not_forwarded(shared: Shared, raw_id
     assert_one_result(shared.gateway, rid, status=400, error="invalid_invocation_id",
                       outcome="invalid_request", invocation_id=raw_id[:128], team="billing",
                       key_id=BILLING_KEY_ID)
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 @pytest.mark.parametrize("raw_id", [
@@ -415,7 +401,7 @@ def test_raw_non_ascii_or_control_byte_in_path_is_400_and_closed(
     assert response.closed
     settle(shared.gateway)
     assert cancel_count(shared.gateway) == before
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 # -- raw paths ------------------------------------------------------------------------------
@@ -443,29 +429,29 @@ def test_path_trick_is_404_and_not_forwarded(shared: Shared, target: str) -> Non
     assert_error(response, 404, "not_found")
     wait_for_access(shared.gateway, rid)
     assert cancel_count(shared.gateway) == before
-    assert shared.upstream.requests == []
+    assert shared.standin.requests == []
 
 
 @pytest.mark.parametrize("query", ["?x=../", "?x=..%2F..%2Fhealthz", "?x=1&x=2#frag",
                                    "?x-chroma-token=attacker"])
 def test_query_string_is_ignored_and_never_forwarded(shared: Shared, query: str) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port,
                            http_request("PUT", cancel_path(invocation) + query, BEARER))
     assert response.status == 202
-    [forwarded] = shared.upstream.requests
+    [forwarded] = shared.standin.requests
     assert forwarded.target == cancel_path(invocation)
 
 
 def test_absolute_form_target_is_forwarded_to_upstream_only(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port, http_request(
         "PUT", "http://evil.example:81" + cancel_path(invocation.upper()) + "?q=1", BEARER,
         host=b"evil.example:81"))
     assert response.status == 202
-    [forwarded] = shared.upstream.requests
+    [forwarded] = shared.standin.requests
     assert forwarded.target == cancel_path(invocation)
-    assert forwarded.header_values("host") == [f"127.0.0.1:{shared.upstream.port}"]
+    assert forwarded.header_values("host") == [f"127.0.0.1:{shared.standin.port}"]
 
 
 # -- header smuggling -----------------------------------------------------------------------
@@ -484,11 +470,11 @@ CALLER_TOKEN_COPIES: dict[str, list[bytes]] = {
 def test_forwarded_request_carries_exactly_one_gateway_token(
     shared: Shared, headers: list[bytes]
 ) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port,
                            http_request("PUT", cancel_path(invocation), BEARER, *headers))
     assert response.status == 202
-    [forwarded] = shared.upstream.requests
+    [forwarded] = shared.standin.requests
     assert forwarded.header_values("x-chroma-token") == [UPSTREAM_TOKEN]
 
 
@@ -515,18 +501,18 @@ HOSTILE_HEADERS = [
 
 
 def test_no_caller_header_reaches_the_upstream(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port, http_request(
         "PUT", cancel_path(invocation), BEARER, *HOSTILE_HEADERS, host=b"evil.example",
         body=b'{"attacker": "body"}'))
     assert response.status == 202
-    [forwarded] = shared.upstream.requests
+    [forwarded] = shared.standin.requests
     names = {name for name, _ in forwarded.headers}
     assert names <= FORWARDED_HEADERS, names - FORWARDED_HEADERS
     everything = repr(forwarded.headers)
     for marker in ("attacker", "10.9.9", "evil", "secret", "trailers", BILLING_KEY):
         assert marker not in everything
-    assert forwarded.header_values("host") == [f"127.0.0.1:{shared.upstream.port}"]
+    assert forwarded.header_values("host") == [f"127.0.0.1:{shared.standin.port}"]
     assert forwarded.header_values("accept") == ["application/json"]
     assert forwarded.header_values("user-agent")[0].startswith("chroma-sync-gateway/")
     assert forwarded.body == b""
@@ -534,23 +520,23 @@ def test_no_caller_header_reaches_the_upstream(shared: Shared) -> None:
 
 
 def test_caller_authorization_is_not_forwarded(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port,
                            http_request("PUT", cancel_path(invocation), BEARER))
     assert response.status == 202
-    [forwarded] = shared.upstream.requests
+    [forwarded] = shared.standin.requests
     assert forwarded.header_values("authorization") == []
     assert BILLING_KEY not in repr(forwarded)
 
 
 def test_h2c_upgrade_request_is_not_upgraded_nor_forwarded_as_upgrade(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = raw_request(shared.gateway.port, http_request(
         "PUT", cancel_path(invocation), BEARER, b"Connection: Upgrade, HTTP2-Settings",
         b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"))
     assert response.status != 101
     assert response.status < 500
-    for forwarded in shared.upstream.requests:
+    for forwarded in shared.standin.requests:
         assert not {"upgrade", "http2-settings", "connection"} & {n for n, _ in forwarded.headers}
 
 
@@ -620,39 +606,39 @@ FRAMING_CASES: dict[str, Callable[[str], bytes]] = {
 def test_ambiguous_framing_is_400_closed_and_nothing_forwarded(
     shared: Shared, build: Callable[[str], bytes]
 ) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     before = cancel_count(shared.gateway)
     response = raw_request(shared.gateway.port, build(invocation))
     assert_error(response, 400, "bad_request")
     assert response.closed
     settle(shared.gateway)
-    assert shared.upstream.requests == []
-    assert shared.upstream.state_of(invocation) == "pending"
+    assert shared.standin.requests == []
+    assert shared.standin.state_of(invocation) == "pending"
     assert cancel_count(shared.gateway) == before
 
 
 def test_cancel_inside_a_body_is_only_a_body(shared: Shared) -> None:
     """A request hidden in another's Content-Length body is never parsed as a request."""
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     hidden = smuggled_cancel(invocation)
     response = raw_request(shared.gateway.port, http_request("GET", "/healthz", body=hidden))
     assert response.status == 200
     settle(shared.gateway)
-    assert shared.upstream.requests == []
-    assert shared.upstream.state_of(invocation) == "pending"
+    assert shared.standin.requests == []
+    assert shared.standin.state_of(invocation) == "pending"
 
 
 def test_malformed_request_pipelined_after_a_cancel_does_not_take_its_answer(
     shared: Shared,
 ) -> None:
     """The error for a broken second request must not be read as the first one's answer."""
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
 
     def slow(request: Any) -> None:
         time.sleep(0.3)  # the cancel is still in flight when the garbage is parsed
         return None
 
-    shared.upstream.behaviour = slow
+    shared.standin.behaviour = slow
     rid = new_rid()
     data = (http_request("PUT", cancel_path(invocation), BEARER, rid=rid, close=False)
             + b"GARBAGE \x00 HTTP/9.9\r\n\r\n")
@@ -660,19 +646,19 @@ def test_malformed_request_pipelined_after_a_cancel_does_not_take_its_answer(
     assert response.status == 202
     assert response.header("x-request-id") == rid
     assert response.closed
-    assert shared.upstream.state_of(invocation) == "cancelled"
+    assert shared.standin.state_of(invocation) == "cancelled"
 
 
 def test_oversized_head_pipelined_after_a_cancel_does_not_take_its_answer(
     shared: Shared,
 ) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
 
     def slow(request: Any) -> None:
         time.sleep(0.3)
         return None
 
-    shared.upstream.behaviour = slow
+    shared.standin.behaviour = slow
     rid = new_rid()
     first = http_request("PUT", cancel_path(invocation), BEARER, rid=rid, close=False)
     pieces = [first + b"PUT /healthz HTTP/1.1\r\nX-Big: "] + [b"b" * 8192] * 8
@@ -681,15 +667,15 @@ def test_oversized_head_pipelined_after_a_cancel_does_not_take_its_answer(
     assert time.monotonic() - started < 3.0  # closed after the answer, not by a timeout
     assert response.status == 202
     assert response.header("x-request-id") == rid
-    assert shared.upstream.state_of(invocation) == "cancelled"
-    assert len(shared.upstream.requests) == 1
+    assert shared.standin.state_of(invocation) == "cancelled"
+    assert len(shared.standin.requests) == 1
 
 
 # -- audit client, log injection, disconnects, methods --------------------------------------
 
 
 def test_audit_client_is_the_socket_peer_not_x_forwarded_for(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     rid = new_rid()
     response = raw_request(shared.gateway.port, http_request(
         "PUT", cancel_path(invocation), BEARER, b"X-Forwarded-For: 10.9.9.9",
@@ -737,11 +723,11 @@ def test_log_injection_never_adds_an_audit_record_or_log_line(shared: Shared) ->
     assert not any(r["outcome"] == "cancelled" and r["upstream_status"] is None for r in results)
     for line in gateway.stderr_path.read_bytes().split(b"\n")[:-1]:
         assert isinstance(json.loads(line), dict), line
-    assert len(shared.upstream.requests) == 2  # the two valid ids, unknown upstream (404)
+    assert len(shared.standin.requests) == 2  # the two valid ids, unknown upstream (404)
 
 
 def test_client_gone_while_sending_the_body_is_never_forwarded(shared: Shared) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     rid = new_rid()
     head = http_request("PUT", cancel_path(invocation), BEARER, b"Content-Length: 500",
                         rid=rid)
@@ -755,23 +741,23 @@ def test_client_gone_while_sending_the_body_is_never_forwarded(shared: Shared) -
         assert record["outcome"] == "invalid_request"
         assert record["upstream_status"] is None
         assert record["team"] == "billing"
-    assert shared.upstream.requests == []
-    assert shared.upstream.state_of(invocation) == "pending"
+    assert shared.standin.requests == []
+    assert shared.standin.state_of(invocation) == "pending"
 
 
 @pytest.mark.parametrize("method", ["HEAD", "POST", "DELETE", "GET", "PATCH", "OPTIONS"])
 def test_other_method_on_cancel_path_is_405_allow_put_and_not_forwarded(
     shared: Shared, method: str
 ) -> None:
-    invocation = shared.upstream.add_pending()
+    invocation = shared.standin.add_pending()
     response = shared.gateway.client.request(
         method, cancel_path(invocation), headers={"Authorization": f"Bearer {BILLING_KEY}"})
     assert response.status_code == 405
     assert response.headers["allow"] == "PUT"
     if method != "HEAD":
         assert_error(response, 405, "method_not_allowed")
-    assert shared.upstream.requests == []
-    assert shared.upstream.state_of(invocation) == "pending"
+    assert shared.standin.requests == []
+    assert shared.standin.state_of(invocation) == "pending"
 
 
 # -- the whole scenario, searched for secrets -----------------------------------------------
