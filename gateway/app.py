@@ -143,7 +143,8 @@ class Gateway:
             else None
         )
         if audit is None:
-            audit = AuditLog(config.audit, mac_key=mac_key)
+            audit = AuditLog(config.audit, mac_key=mac_key,
+                             on_failure=metrics.audit_failures.inc)
         return cls(
             config,
             token=token,
@@ -271,8 +272,9 @@ class Gateway:
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         principal: Principal | None = None
+        well_formed = UUID_RE.fullmatch(raw_id) is not None
         # Canonical when well-formed, even on a refusal that comes before the id check.
-        invocation_id = (raw_id.decode("ascii").lower() if UUID_RE.fullmatch(raw_id)
+        invocation_id = (raw_id.decode("ascii").lower() if well_formed
                          else raw_id[:128].decode("latin-1"))
         upstream_status: int | None = None
         attempted = False
@@ -282,12 +284,11 @@ class Gateway:
             principal = self.authenticator.authenticate(headers)
             exchange.team = principal.team
             self.authorizer.authorize(principal)
-            if not UUID_RE.fullmatch(raw_id):
+            if not well_formed:
                 raise RequestRejected(
                     "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
                     status=400, code="invalid_invocation_id", outcome="invalid_request",
                 )
-            invocation_id = raw_id.decode("ascii").lower()
             await _read_small_body(scope, headers, receive)
             retry_after = self.limits.retry_after(principal.team)
             if retry_after:
@@ -306,16 +307,14 @@ class Gateway:
             ))
             attempted = True
             reply = await self._forward(invocation_id, token, exchange.request_id)
-            upstream_status = reply[1]
-            status, outcome, error = reply[0].status, reply[0].outcome, reply[0].error
-            await _send(send, reply[0].status, reply[0].body,
-                        [(k.encode(), v.encode()) for k, v in reply[0].headers.items()])
+            status, outcome, error = reply.status, reply.outcome, reply.error
+            upstream_status = reply.upstream_status
+            await _send(send, reply.status, reply.body,
+                        [(k.encode(), v.encode()) for k, v in reply.headers.items()])
         except ClientGone:
             status, outcome, error = 499, "invalid_request", "client_disconnected"
         except GatewayError as exc:
-            if isinstance(exc, AuditUnavailable):
-                self.metrics.audit_failures.inc()
-            upstream_status = getattr(exc, "upstream_status", upstream_status)
+            upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
             await self._send_error(send, exc, close=exc.status == 413)
         except asyncio.CancelledError:
@@ -340,7 +339,7 @@ class Gateway:
 
     async def _forward(
         self, invocation_id: str, token: str, request_id: str
-    ) -> tuple[mapping.Reply, int | None]:
+    ) -> mapping.Reply:
         try:
             answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id)
         except GatewayError as exc:
@@ -351,9 +350,9 @@ class Gateway:
         self.metrics.upstream_seconds.observe(answer.seconds)
         self.metrics.upstream_responses.labels(str(answer.status)).inc()
         try:
-            return mapping.interpret(answer, secrets=(token,)), answer.status
+            return mapping.interpret(answer, secrets=(token,))
         except GatewayError as exc:
-            exc.upstream_status = answer.status  # type: ignore[attr-defined]
+            exc.upstream_status = answer.status
             self.metrics.upstream_failures.labels(exc.code).inc()
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
                         upstream_status=answer.status)

@@ -20,6 +20,7 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
     outcome: str = "upstream_error"
+    upstream_status: int | None = None  # set when Chroma Sync did answer, unusably
 
     def __init__(
         self,

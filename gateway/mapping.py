@@ -29,6 +29,7 @@ class Reply:
     body: bytes
     outcome: str
     error: str | None
+    upstream_status: int
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -57,12 +58,13 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
             parsed = {}
         if not isinstance(parsed, dict) or _holds_secret(answer.body, secrets):
             parsed = {}
-        return Reply(202, json.dumps(parsed, ensure_ascii=False).encode(), "cancelled", None)
+        body = json.dumps(parsed, ensure_ascii=False).encode()
+        return Reply(202, body, "cancelled", None, status)
     if status in PASSED_THROUGH:
         code, outcome = PASSED_THROUGH[status]
         if error_response_of(answer.body) is not None and not _holds_secret(answer.body, secrets):
-            return Reply(status, answer.body, outcome, code)
-        return Reply(status, error_body(code, _normalized_message(status)), outcome, code)
+            return Reply(status, answer.body, outcome, code, status)
+        return Reply(status, error_body(code, _normalized_message(status)), outcome, code, status)
     if status == 429:
         headers = {}
         retry_after = answer.headers.get("retry-after", "").strip()
@@ -76,7 +78,7 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
                 "upstream_rate_limited", "Chroma Sync is limiting requests; retry later"
             )
         )
-        return Reply(429, body, "rejected_by_upstream", "upstream_rate_limited", headers)
+        return Reply(429, body, "rejected_by_upstream", "upstream_rate_limited", status, headers)
     if status in (401, 403):
         raise UpstreamFailure(
             f"Chroma Sync refused the gateway's own credential ({status}); "
