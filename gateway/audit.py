@@ -266,14 +266,15 @@ class AuditLog:
                 self._retained[:0] = bodies[:retained_count]
                 continue
             saved = (self._chain.seq, self._chain.head, self._chain.since_checkpoint)
-            data, sealed = self._seal_batch(bodies, mac_key)
             sync = self.config.fsync and self._durable_pending
             self._durable_pending = False
             try:
+                data, sealed = self._seal_batch(bodies, mac_key)
                 self._append(data, sync)
-            except OSError as exc:
+            except (OSError, ValueError, TypeError) as exc:
+                # Nothing of the batch is in the chain: waiters fail, nobody waits forever.
                 self._chain.seq, self._chain.head, self._chain.since_checkpoint = saved
-                self._fail(_describe(exc))
+                self._fail(_describe(exc) if isinstance(exc, OSError) else "unencodable record")
                 self._retained[:0] = bodies[:retained_count]
                 self._settle(batch, ok=False)
                 continue
