@@ -282,6 +282,21 @@ class Servers:
     standin: StandIn
     gateway: RunningGateway
 
+    def reset(self) -> Servers:
+        """Back to Chroma's own behaviour, with nothing recorded and nothing in flight."""
+        assert self.gateway.process.poll() is None, "the shared gateway died"
+        # A cancel of an earlier test still in flight would disturb the counts of this one.
+        self.gateway.wait_for_records(_nothing_in_flight, timeout=2.0)
+        self.standin.requests.clear()
+        self.standin.behaviour = None
+        self.standin.token = UPSTREAM_TOKEN
+        return self
+
+
+def _nothing_in_flight(records: list[dict[str, Any]]) -> bool:
+    attempted = {r["request_id"] for r in records if r["event"] == "cancel.attempt"}
+    return attempted <= {r["request_id"] for r in records if r["event"] == "cancel.result"}
+
 
 @contextlib.contextmanager
 def running_servers(folder: Path) -> Iterator[Servers]:

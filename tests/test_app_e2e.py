@@ -72,11 +72,7 @@ def _shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared
 @pytest.fixture
 def shared(_shared_servers: Shared) -> Shared:
     """The module's gateway, with the stand-in back to Chroma's own behaviour."""
-    standin = _shared_servers.standin
-    standin.behaviour = None
-    standin.token = UPSTREAM_TOKEN
-    standin.requests.clear()
-    return _shared_servers
+    return _shared_servers.reset()
 
 
 # -- helpers ---------------------------------------------------------------------------------

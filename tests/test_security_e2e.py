@@ -66,19 +66,7 @@ def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
 @pytest.fixture
 def shared(shared_env: Shared) -> Shared:
     """The module's gateway and stand-in, with the stand-in's memory and behaviour reset."""
-    shared_env.standin.requests.clear()
-    shared_env.standin.behaviour = None
-    shared_env.standin.token = UPSTREAM_TOKEN
-    assert shared_env.gateway.process.poll() is None, "the shared gateway died"
-    # A cancel of an earlier test still in flight would disturb the counts of this one.
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        records = shared_env.gateway.audit_records()
-        attempted = {r["request_id"] for r in records if r["event"] == "cancel.attempt"}
-        if attempted <= {r["request_id"] for r in records if r["event"] == "cancel.result"}:
-            break
-        time.sleep(0.02)
-    return shared_env
+    return shared_env.reset()
 
 
 def new_rid() -> str:
