@@ -200,7 +200,7 @@ class Gateway:
             self._update_gauges()
 
     def _report_secret(self, source: SecretSource, *, initial: bool) -> None:
-        name = source.what.replace(" ", "_")
+        name = source.what.lower().replace(" ", "_")
         if source.value is not None:
             event = f"{name}.loaded" if initial else f"{name}.rotated"
             log.info(event, fingerprint=fingerprint(source.value))
@@ -280,6 +280,7 @@ class Gateway:
         attempted = False
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
+        failure: GatewayError | None = None
         try:
             principal = self.authenticator.authenticate(headers)
             exchange.team = principal.team
@@ -316,7 +317,7 @@ class Gateway:
         except GatewayError as exc:
             upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
-            await self._send_error(send, exc, close=exc.status == 413)
+            failure = exc
         except asyncio.CancelledError:
             # Shutdown ran out of grace: the result is still recorded, at close.
             self.audit.write_later(self._record(
@@ -327,7 +328,13 @@ class Gateway:
             raise
         except Exception:
             log.exception("cancel.internal_error", request_id=exchange.request_id)
-            await self._send_error(send, GatewayError("internal error"))
+            failure = GatewayError("internal error")
+        if failure is not None:
+            # Outside the handlers, so that nothing here can skip the result record below.
+            try:
+                await self._send_error(send, failure, close=failure.status == 413)
+            except Exception:
+                log.exception("cancel.answer_failed", request_id=exchange.request_id)
         self.metrics.cancels.labels(outcome, principal.team if principal else "").inc()
         result = self._record(
             "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
@@ -428,7 +435,11 @@ async def _read_small_body(
         status=413, code="payload_too_large", outcome="invalid_request",
     )
     for name, value in headers:
-        if name == b"content-length" and int(value) > MAX_BODY_BYTES:
+        # Digits only (framing was checked); length first, as int() refuses 4300+ digits.
+        digits = value.strip().lstrip(b"0")
+        if name == b"content-length" and (
+            len(digits) > 9 or int(digits or b"0") > MAX_BODY_BYTES
+        ):
             raise too_large
     size = 0
     while True:

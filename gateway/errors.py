@@ -45,6 +45,10 @@ class GatewayError(Exception):
 class RequestRejected(GatewayError):
     """Refused before forwarding: 401, 403, 400, 404, 405, 413, 429."""
 
+    status = 400
+    code = "bad_request"
+    outcome = "invalid_request"
+
 
 class ServiceUnavailable(GatewayError):
     """The upstream token or the audit log is not usable: 503, nothing forwarded."""
@@ -67,7 +71,9 @@ class ConfigError(Exception):
 
 def error_body(code: str, message: str) -> bytes:
     """An ErrorResponse as Chroma Sync writes it: `{"error": ..., "message": ...}`."""
-    return json.dumps({"error": code, "message": message}, ensure_ascii=False).encode("utf-8")
+    text = json.dumps({"error": code, "message": message}, ensure_ascii=False)
+    # "replace": a lone surrogate (from an upstream's JSON) must not stop an error answer.
+    return text.encode("utf-8", "replace")
 
 
 def unauthenticated() -> RequestRejected:

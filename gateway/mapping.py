@@ -58,7 +58,8 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
             parsed = {}
         if not isinstance(parsed, dict) or _holds_secret(answer.body, secrets):
             parsed = {}
-        body = json.dumps(parsed, ensure_ascii=False).encode()
+        # ASCII escapes: upstream JSON may hold lone surrogates, which UTF-8 can't encode.
+        body = json.dumps(parsed).encode("ascii")
         return Reply(202, body, "cancelled", None, status)
     if status in PASSED_THROUGH:
         code, outcome = PASSED_THROUGH[status]
@@ -108,8 +109,8 @@ def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
         text = str(parsed["message"])
     else:
         text = body.decode("utf-8", "replace").strip() or "no message"
-    # Control characters go first, so that one inside a secret can't hide it from redaction.
-    text = _CONTROL.sub("", text)
+    # Control characters and lone surrogates go first, so neither can hide a secret.
+    text = _CONTROL.sub("", text).encode("utf-8", "replace").decode("utf-8")
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
