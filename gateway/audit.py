@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -467,13 +468,15 @@ class _BrokenTail(Exception):
     pass
 
 
+@dataclass
 class _Tail:
-    def __init__(self, seq: int, head: str, good_end: int, discarded: bytes, reason: str):
-        self.seq = seq
-        self.head = head
-        self.good_end = good_end
-        self.discarded = discarded
-        self.reason = reason
+    """What the end of an existing log holds: the last good record, and what follows it."""
+
+    seq: int
+    head: str
+    good_end: int  # file offset just after the last good record
+    discarded: bytes
+    reason: str
 
 
 def _read_tail(path: str) -> _Tail | None:
