@@ -37,7 +37,13 @@ from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
 from gateway.limits import TeamLimits
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.secrets import EnvSecret, FileSecret, SecretSource, fingerprint
+from gateway.secrets import (
+    MIN_HMAC_KEY_CHARS,
+    FileSecret,
+    SecretSource,
+    fingerprint,
+    upstream_token_source,
+)
 from gateway.upstream import UpstreamClient
 
 Scope = MutableMapping[str, Any]
@@ -131,14 +137,11 @@ class Gateway:
     @classmethod
     def from_config(cls, config: Config, *, audit: AuditLog | None = None) -> Gateway:
         up = config.upstream
-        token: SecretSource = (
-            FileSecret(up.token_file, what="upstream token")
-            if up.token_file
-            else EnvSecret(up.token_env or "", what="upstream token")
-        )
+        token = upstream_token_source(up.token_file, up.token_env)
         metrics = Metrics()
         mac_key = (
-            FileSecret(config.audit.hmac_key_file, what="audit HMAC key", min_chars=32)
+            FileSecret(config.audit.hmac_key_file, what="audit HMAC key",
+                       min_chars=MIN_HMAC_KEY_CHARS)
             if config.audit.hmac_key_file
             else None
         )

@@ -107,17 +107,14 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _check_config(cfg: config.Config) -> int:
-    from gateway.secrets import EnvSecret, FileSecret, SecretSource, fingerprint
+    from gateway.secrets import fingerprint, upstream_token_source
 
     up = cfg.upstream
     print(f"config: {cfg.source}: ok")
     print(f"server: {cfg.server.host}:{cfg.server.port}")
     print(f"upstream: {up.base_url} (connect_timeout {up.connect_timeout:g} s, "
           f"timeout {up.timeout:g} s{', ca_file set' if up.ca_file else ''})")
-    token: SecretSource = (
-        FileSecret(up.token_file, what="upstream token") if up.token_file
-        else EnvSecret(up.token_env or "", what="upstream token")
-    )
+    token = upstream_token_source(up.token_file, up.token_env)
     token.refresh()
     source = f"file {up.token_file}" if up.token_file else f"env {up.token_env}"
     state = (f"loaded, fingerprint {fingerprint(token.value)}" if token.value

@@ -34,8 +34,10 @@ def free_port(preferred: int) -> int:
     raise OSError("no free port on loopback")
 
 
-def demo_config(folder: Path, upstream_url: str, port: int, stored_key: str) -> config.Config:
-    (folder / "token").write_text(f"demo-{secrets.token_urlsafe(24)}\n")
+def demo_config(
+    folder: Path, upstream_url: str, port: int, stored_key: str, token: str
+) -> config.Config:
+    (folder / "token").write_text(token + "\n")
     (folder / "token").chmod(0o600)
     return config.parse(
         {
@@ -58,13 +60,12 @@ def run(*, port: int = 8080) -> int:
     key = keys.new_key()
     with tempfile.TemporaryDirectory(prefix="chroma-sync-gateway-demo-") as tmp:
         folder = Path(tmp)
-        token_holder = folder / "token"
-        # The stand-in must know the token the gateway will send, so write it first.
-        cfg_port = free_port(port)
-        standin = StandIn(token="")
+        token = f"demo-{secrets.token_urlsafe(24)}"
+        standin = StandIn(token=token)
         with standin.run_in_thread():
-            cfg = demo_config(folder, standin.base_url, cfg_port, keys.stored_form(key))
-            standin.token = token_holder.read_text().strip()
+            cfg = demo_config(
+                folder, standin.base_url, free_port(port), keys.stored_form(key), token
+            )
             pending = [standin.add_pending() for _ in range(DEMO_INVOCATIONS)]
 
             def announce(gateway: Gateway, srv: server.GatewayServer) -> None:

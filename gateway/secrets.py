@@ -132,3 +132,10 @@ class FileSecret(SecretSource):
             self.value = None
             self.problem = str(exc)
         return (self.value, self.problem) != before
+
+
+def upstream_token_source(token_file: str | None, token_env: str | None) -> SecretSource:
+    """The upstream token's source: `upstream.token_file`, else `upstream.token_env`."""
+    if token_file:
+        return FileSecret(token_file, what="upstream token")
+    return EnvSecret(token_env or "", what="upstream token")
