@@ -152,9 +152,7 @@ class Gateway:
             config,
             token=token,
             audit=audit,
-            upstream=UpstreamClient(
-                up, transport="httpx" if up.transport == "httpx" else "aiohttp"
-            ),
+            upstream=UpstreamClient(up),
             metrics=metrics,
             authenticator=TeamKeyAuthenticator(config.teams),
             authorizer=TeamSwitchAuthorizer(config.teams),
@@ -438,12 +436,11 @@ async def _read_small_body(
         status=413, code="payload_too_large", outcome="invalid_request",
     )
     for name, value in headers:
-        # Digits only (framing was checked); length first, as int() refuses 4300+ digits.
-        digits = value.strip().lstrip(b"0")
-        if name == b"content-length" and (
-            len(digits) > 9 or int(digits or b"0") > MAX_BODY_BYTES
-        ):
-            raise too_large
+        if name == b"content-length":
+            # Digits only (framing was checked); length first, as int() refuses 4300+ digits.
+            digits = value.strip().lstrip(b"0")
+            if len(digits) > 9 or int(digits or b"0") > MAX_BODY_BYTES:
+                raise too_large
     size = 0
     while True:
         message = await receive()

@@ -15,7 +15,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gateway.errors import ConfigError
 
@@ -25,6 +25,8 @@ DEFAULT_CONFIG = "config.toml"
 STORED_KEY_RE = re.compile(r"sha256:[0-9a-f]{64}")
 TEAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+Transport = Literal["aiohttp", "httpx"]
 BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -44,7 +46,7 @@ class UpstreamConfig:
     connect_timeout: float = 2.0
     timeout: float = 10.0
     max_connections: int = 100
-    transport: str = "aiohttp"
+    transport: Transport = "aiohttp"
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,10 @@ class _Parser:
             transport=self.get(t, "upstream", "transport", self.transport, d.transport),
         )
 
-    def transport(self, key: str, value: object) -> str:
-        if value not in ("aiohttp", "httpx"):
-            raise self.fail(key, f'must be "aiohttp" or "httpx", got {_shown(value)}')
-        return str(value)
+    def transport(self, key: str, value: object) -> Transport:
+        if value == "aiohttp" or value == "httpx":
+            return value
+        raise self.fail(key, f'must be "aiohttp" or "httpx", got {_shown(value)}')
 
     def env_name(self, key: str, value: object) -> str:
         text = self.string(key, value)

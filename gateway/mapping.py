@@ -56,14 +56,14 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
             parsed = json.loads(answer.body) if answer.body else {}
         except (ValueError, RecursionError):
             parsed = {}
-        if not isinstance(parsed, dict) or _holds_secret(answer.body, secrets):
+        if not isinstance(parsed, dict) or _holds_secret(answer.body, parsed, secrets):
             parsed = {}
         # ASCII escapes: upstream JSON may hold lone surrogates, which UTF-8 can't encode.
         body = json.dumps(parsed).encode("ascii")
         return Reply(202, body, "cancelled", None, status)
     if status in PASSED_THROUGH:
         code, outcome = PASSED_THROUGH[status]
-        if error_response_of(answer.body) is not None and not _holds_secret(answer.body, secrets):
+        if _passable(answer.body, secrets):
             return Reply(status, answer.body, outcome, code, status)
         return Reply(status, error_body(code, _normalized_message(status)), outcome, code, status)
     if status == 429:
@@ -73,8 +73,7 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
             headers["retry-after"] = retry_after
         body = (
             answer.body
-            if error_response_of(answer.body) is not None
-            and not _holds_secret(answer.body, secrets)
+            if _passable(answer.body, secrets)
             else error_body(
                 "upstream_rate_limited", "Chroma Sync is limiting requests; retry later"
             )
@@ -117,16 +116,18 @@ def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
     return text[:MAX_UPSTREAM_MESSAGE]
 
 
-def _holds_secret(body: bytes, secrets: tuple[str, ...]) -> bool:
-    """Whether a body that would be passed through holds a secret, raw or JSON-escaped."""
+def _passable(body: bytes, secrets: tuple[str, ...]) -> bool:
+    """Whether an upstream error body may go to the caller unchanged."""
+    parsed = error_response_of(body)
+    return parsed is not None and not _holds_secret(body, parsed, secrets)
+
+
+def _holds_secret(body: bytes, parsed: object, secrets: tuple[str, ...]) -> bool:
+    """Whether a body (and its parsed JSON) holds a secret, raw or JSON-escaped."""
     live = [secret for secret in secrets if secret]
     if not live:
         return False
-    texts = [body.decode("utf-8", "replace")]
-    try:
-        texts.extend(_json_strings(json.loads(body)))
-    except (ValueError, RecursionError):
-        pass
+    texts = [body.decode("utf-8", "replace"), *_json_strings(parsed)]
     return any(secret in text for secret in live for text in texts)
 
 

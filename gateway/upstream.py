@@ -15,21 +15,19 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from gateway import __version__
-from gateway.config import UpstreamConfig
+from gateway.config import Transport, UpstreamConfig
 from gateway.errors import UpstreamFailure
 
 MAX_BODY_BYTES = 64 * 1024
 USER_AGENT = f"chroma-sync-gateway/{__version__}"
 CANCEL_PATH = "/api/v1/invocations/"
 
-Transport = Literal["aiohttp", "httpx"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,8 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig, *, transport: Transport = "aiohttp") -> None:
+    def __init__(self, config: UpstreamConfig, *, transport: Transport | None = None) -> None:
+        transport = transport or config.transport
         self._prefix = config.base_url + CANCEL_PATH
         self._deadline = config.timeout
         self.transport_name = transport
