@@ -89,7 +89,7 @@ def gateway_process(
         upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0},
         audit={"fsync": fsync},
         # Limits far above anything the benchmark can reach: no 429s.
-        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)],
+        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)], "scope": ["*"],
                 "rate_limit": 1e9, "burst": 10**9}],
     )
     if prefix:

@@ -123,13 +123,15 @@ def _check_config(cfg: config.Config) -> int:
     a = cfg.audit
     print(f"audit: {a.path} (fsync {'on' if a.fsync else 'off'}, "
           f"hmac {'on' if a.hmac_key_file else 'off'}, stdout {'on' if a.stdout else 'off'}, "
-          f"rotation {f'at {a.max_bytes} bytes' if a.max_bytes else 'off'})")
+          f"rotation {f'at {a.max_bytes} bytes' if a.max_bytes else 'off'}, "
+          f"record_context {'on' if a.record_context else 'off'})")
     print(f"teams: {len(cfg.teams)}")
     for team in cfg.teams:
         print(f"  {team.name}: {len(team.keys)} key(s) "
               f"[{', '.join(keys.key_id(k) for k in team.keys)}], "
               f"{'enabled' if team.enabled else 'DISABLED'}, "
-              f"{team.rate_limit:g}/s burst {team.burst}")
+              f"{team.rate_limit:g}/s burst {team.burst}, "
+              f"scope {', '.join(team.scope.entries())}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from gateway.errors import ConfigError
+from gateway.scopes import KINDS, Scope, ScopeProblem
 
 ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.toml"
@@ -47,6 +48,7 @@ class UpstreamConfig:
     timeout: float = 10.0
     max_connections: int = 100
     transport: Transport = "aiohttp"
+    lookup_cache: int = 10_000  # job contexts kept, least recently used out
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,14 @@ class AuditConfig:
     checkpoint_seconds: float = 300.0
     stdout: bool = False
     max_bytes: int | None = None
+    record_context: bool = False  # look up every cancel, so every record names what it touched
 
 
 @dataclass(frozen=True)
 class TeamConfig:
     name: str
     keys: tuple[str, ...]
+    scope: Scope = Scope(unrestricted=True)
     enabled: bool = True
     rate_limit: float = 50.0
     burst: int = 100
@@ -210,7 +214,7 @@ class _Parser:
 
     def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
         allowed = {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"}
-        t = self.table(data, "upstream", allowed | {"max_connections", "transport"})
+        t = self.table(data, "upstream", allowed | {"max_connections", "transport", "lookup_cache"})
         d = UpstreamConfig()
         token_file = self.get(t, "upstream", "token_file", self.string, None)
         token_env = self.get(t, "upstream", "token_env", self.env_name, None)
@@ -233,6 +237,10 @@ class _Parser:
                 d.max_connections,
             ),
             transport=self.get(t, "upstream", "transport", self.transport, d.transport),
+            lookup_cache=self.get(
+                t, "upstream", "lookup_cache", lambda k, v: self.count(k, v, 0, 10_000_000),
+                d.lookup_cache,
+            ),
         )
 
     def transport(self, key: str, value: object) -> Transport:
@@ -279,7 +287,7 @@ class _Parser:
     def audit(self, data: Mapping[str, Any]) -> AuditConfig:
         allowed = {
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
-            "stdout", "max_bytes",
+            "stdout", "max_bytes", "record_context",
         }
         t = self.table(data, "audit", allowed)
         if "path" not in t:
@@ -301,6 +309,8 @@ class _Parser:
             ),
             stdout=self.get(t, "audit", "stdout", self.boolean, d.stdout),
             max_bytes=max_bytes,
+            record_context=self.get(t, "audit", "record_context", self.boolean,
+                                    d.record_context),
         )
 
     def teams(self, data: Mapping[str, Any]) -> tuple[TeamConfig, ...]:
@@ -317,7 +327,7 @@ class _Parser:
             if not isinstance(entry, dict):
                 raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
             for name in entry:
-                if name not in {"name", "keys", "enabled", "rate_limit", "burst"}:
+                if name not in {"name", "keys", "scope", "enabled", "rate_limit", "burst"}:
                     raise self.fail(f"{prefix}.{_key_name(name)}", "is not a known key")
             if "name" not in entry:
                 raise self.fail(f"{prefix}.name", "is required")
@@ -340,12 +350,25 @@ class _Parser:
                 TeamConfig(
                     name=name,
                     keys=keys,
+                    scope=self.scope(f"{prefix}.scope", entry.get("scope")),
                     enabled=self.get(entry, prefix, "enabled", self.boolean, True),
                     rate_limit=rate,
                     burst=burst,
                 )
             )
         return tuple(teams)
+
+    def scope(self, key: str, value: object) -> Scope:
+        if value is None:
+            raise self.fail(key, f'is required: a list of what the team may cancel ({KINDS})')
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be an array, got {_shown(value)}")
+        try:
+            return Scope.parse(value)
+        except ScopeProblem as exc:
+            where = key if exc.index is None else f"{key}[{exc.index}]"
+            got = "" if exc.index is None else f", got {_shown(value[exc.index])}"
+            raise self.fail(where, exc.problem + got) from None
 
     def stored_keys(self, key: str, value: object, seen: set[str]) -> tuple[str, ...]:
         if not isinstance(value, list) or not value:

@@ -49,7 +49,7 @@ def demo_config(
                 "timeout": 10.0,
             },
             "audit": {"path": str(folder / "audit.jsonl"), "fsync": True},
-            "teams": [{"name": "demo", "keys": [stored_key]}],
+            "teams": [{"name": "demo", "keys": [stored_key], "scope": ["*"]}],
         },
         source="demo",
     )

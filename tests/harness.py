@@ -69,10 +69,12 @@ def default_teams() -> list[dict[str, Any]]:
         {
             "name": "billing",
             "keys": [keys.stored_form(BILLING_KEY), keys.stored_form(BILLING_KEY_2)],
+            "scope": ["*"],
             "rate_limit": 10000.0,
             "burst": 10000,
         },
-        {"name": "frozen", "keys": [keys.stored_form(FROZEN_KEY)], "enabled": False},
+        {"name": "frozen", "keys": [keys.stored_form(FROZEN_KEY)], "scope": ["*"],
+         "enabled": False},
     ]
 
 

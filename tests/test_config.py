@@ -31,7 +31,7 @@ def base() -> dict[str, Any]:
         "server": {"host": "127.0.0.1", "port": 8080},
         "upstream": {"base_url": "https://sync.example.test", "token_file": "token"},
         "audit": {"path": "audit.jsonl"},
-        "teams": [{"name": "billing", "keys": [KEY_A]}],
+        "teams": [{"name": "billing", "keys": [KEY_A], "scope": ["*"]}],
     }
 
 
@@ -135,7 +135,7 @@ def test_example_config_comments_every_key_on_its_line() -> None:
         for name, line in lines.items():
             body = line.lstrip().lstrip("#")
             assert "#" in body, f"{section}.{name} has no comment: {line!r}"
-            assert "default" in body.split("#", 1)[1] or name in {"path", "name", "keys"}, (
+            assert "default" in body.split("#", 1)[1] or name in {"path", "name", "keys", "scope"}, (
                 f"{section}.{name} does not say its default"
             )
 
@@ -188,7 +188,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     cfg = load_ok(tmp_path, {
         "upstream": {"token_env": "CHROMA_SYNC_TOKEN"},
         "audit": {"path": "audit.jsonl"},
-        "teams": [{"name": "billing", "keys": [KEY_A]}],
+        "teams": [{"name": "billing", "keys": [KEY_A], "scope": ["*"]}],
     })
     assert cfg.server == config.ServerConfig(host="127.0.0.1", port=8080, grace_period=10.0)
     up = cfg.upstream
@@ -278,7 +278,7 @@ def test_unknown_key_with_a_newline_in_its_name_still_gives_one_line(tmp_path: P
 
 def test_unknown_team_key_in_second_team_names_its_index(tmp_path: Path) -> None:
     data = base()
-    data["teams"].append({"name": "ops", "keys": [KEY_B], "colour": "red"})
+    data["teams"].append({"name": "ops", "keys": [KEY_B], "scope": ["*"], "colour": "red"})
     assert load_error(tmp_path, data) == "teams[1].colour is not a known key"
 
 
@@ -540,7 +540,7 @@ def test_team_without_an_array_of_keys_is_refused_without_echoing_a_string(
 
 def test_same_key_in_two_teams_is_refused(tmp_path: Path) -> None:
     data = base()
-    data["teams"].append({"name": "ops", "keys": [KEY_B, KEY_A]})
+    data["teams"].append({"name": "ops", "keys": [KEY_B, KEY_A], "scope": ["*"]})
     assert load_error(tmp_path, data) == "teams[1].keys[1] repeats a key already configured"
 
 
@@ -551,7 +551,7 @@ def test_same_key_twice_in_one_team_is_refused(tmp_path: Path) -> None:
 
 def test_several_keys_per_team_and_several_teams_are_accepted(tmp_path: Path) -> None:
     data = changed("teams", keys=[KEY_A, KEY_B])
-    data["teams"].append({"name": "ops", "keys": [KEY_C], "enabled": False})
+    data["teams"].append({"name": "ops", "keys": [KEY_C], "scope": ["*"], "enabled": False})
     cfg = load_ok(tmp_path, data)
     assert [(t.name, len(t.keys), t.enabled) for t in cfg.teams] == [
         ("billing", 2, True), ("ops", 1, False),
@@ -562,7 +562,7 @@ def test_several_keys_per_team_and_several_teams_are_accepted(tmp_path: Path) ->
 
 def test_duplicate_team_names_are_refused(tmp_path: Path) -> None:
     data = base()
-    data["teams"].append({"name": "billing", "keys": [KEY_B]})
+    data["teams"].append({"name": "billing", "keys": [KEY_B], "scope": ["*"]})
     assert load_error(tmp_path, data) == 'teams[1].name repeats team "billing"'
 
 
@@ -697,3 +697,50 @@ def test_default_path_loads_config_toml_from_the_working_directory(
     write(tmp_path, changed("server", port=9123))
     monkeypatch.chdir(tmp_path)
     assert config.load(config.config_path(None)).server.port == 9123
+
+
+# --- scopes (least privilege) --------------------------------------------------------------
+
+@pytest.mark.parametrize(("scope", "expected"), [
+    (DELETE, "teams[0].scope is required"),
+    ([], "teams[0].scope must be a non-empty array"),
+    ("*", 'teams[0].scope must be an array, got "*"'),
+    (["*", "database:docs"], 'teams[0].scope "*" must stand alone'),
+    (["database:docs", "bucket:x"], 'teams[0].scope[1] has an unknown kind'),
+    (["database:"], "teams[0].scope[0] has an unknown kind"),
+    (["docs"], "teams[0].scope[0] has an unknown kind"),
+    (["collection:docs"], "teams[0].scope[0] must be collection:DB/NAME"),
+    (["collection:/handbook"], "teams[0].scope[0] must be collection:DB/NAME"),
+    (["source:not-a-uuid"], "teams[0].scope[0] must be source: and a UUID"),
+    ([42], "teams[0].scope[0] must be a string"),
+])
+def test_a_bad_scope_is_refused_naming_the_key(
+    tmp_path: Path, scope: object, expected: str
+) -> None:
+    message = load_error(tmp_path, changed("teams", scope=scope))
+    assert message.startswith(expected), message
+
+
+def test_scope_entries_parse_into_their_kinds(tmp_path: Path) -> None:
+    source = "0B8E1D2C-3A4F-4B5C-8D6E-7F8091A2B3C4"
+    cfg = load_ok(tmp_path, changed("teams", scope=[
+        "database:docs", "collection:search/handbook", f"source:{source}"]))
+    scope = cfg.teams[0].scope
+    assert not scope.unrestricted
+    assert scope.databases == {"docs"}
+    assert scope.collections == {("search", "handbook")}
+    assert scope.sources == {source.lower()}
+
+
+def test_star_alone_is_unrestricted(tmp_path: Path) -> None:
+    assert load_ok(tmp_path, changed("teams", scope=["*"])).teams[0].scope.unrestricted
+
+
+def test_lookup_cache_and_record_context_defaults_and_bounds(tmp_path: Path) -> None:
+    cfg = load_ok(tmp_path, base())
+    assert cfg.upstream.lookup_cache == 10_000
+    assert cfg.audit.record_context is False
+    message = load_error(tmp_path, changed("upstream", lookup_cache=-1))
+    assert "upstream.lookup_cache must be a whole number" in message
+    message = load_error(tmp_path, changed("audit", record_context="yes"))
+    assert "audit.record_context must be true or false" in message

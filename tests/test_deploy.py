@@ -54,7 +54,7 @@ SPEC_CONFIG_KEYS: dict[str, set[str]] = {
         "stdout",
         "max_bytes",
     },
-    "teams": {"name", "keys", "enabled"},
+    "teams": {"name", "keys", "scope", "enabled"},
 }
 
 Doc = dict[str, Any]

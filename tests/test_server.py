@@ -107,7 +107,7 @@ def gateway_config(folder: Path, upstream_url: str) -> config.Config:
         "server": {"grace_period": 1.0},
         "upstream": {"base_url": upstream_url, "token_file": str(folder / "token")},
         "audit": {"path": str(folder / "audit.jsonl"), "fsync": False},
-        "teams": [{"name": "billing", "keys": [keys.stored_form(keys.new_key())]}],
+        "teams": [{"name": "billing", "keys": [keys.stored_form(keys.new_key())], "scope": ["*"]}],
     })
 
 
