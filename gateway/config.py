@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from gateway.errors import ConfigError
-from gateway.scopes import KINDS, Scope, ScopeProblem
+from gateway.scopes import KINDS, UNRESTRICTED, Scope, ScopeProblem
 
 ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.toml"
@@ -67,7 +67,7 @@ class AuditConfig:
 class TeamConfig:
     name: str
     keys: tuple[str, ...]
-    scope: Scope = Scope(unrestricted=True)
+    scope: Scope = UNRESTRICTED
     enabled: bool = True
     rate_limit: float = 50.0
     burst: int = 100

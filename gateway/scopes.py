@@ -83,3 +83,6 @@ class Scope:
             + [f"collection:{d}/{c}" for d, c in sorted(self.collections)]
             + [f"source:{s}" for s in sorted(self.sources)]
         )
+
+
+UNRESTRICTED = Scope(unrestricted=True)

@@ -74,11 +74,12 @@ def make_config(
         },
         "audit": {"path": str(audit_path or folder / "audit.jsonl"), "fsync": False},
         "teams": [
-            {"name": "billing", "keys": [keys.stored_form(KEY)], "scope": ["*"], "rate_limit": 1e6,
-             "burst": 10**9},
-            {"name": "frozen", "keys": [keys.stored_form(FROZEN_KEY)], "scope": ["*"], "enabled": False},
-            {"name": "limited", "keys": [keys.stored_form(LIMITED_KEY)], "scope": ["*"], "rate_limit": 1.0,
-             "burst": 1},
+            {"name": "billing", "keys": [keys.stored_form(KEY)], "scope": ["*"],
+             "rate_limit": 1e6, "burst": 10**9},
+            {"name": "frozen", "keys": [keys.stored_form(FROZEN_KEY)], "scope": ["*"],
+             "enabled": False},
+            {"name": "limited", "keys": [keys.stored_form(LIMITED_KEY)], "scope": ["*"],
+             "rate_limit": 1.0, "burst": 1},
         ],
     })
 

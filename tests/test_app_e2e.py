@@ -636,8 +636,8 @@ def test_team_over_its_burst_gets_429_rate_limited_not_forwarded(
     gateway_factory: GatewayFactory, standin: StandIn
 ) -> None:
     gateway = gateway_factory(teams=[{
-        "name": "billing", "keys": [keys.stored_form(BILLING_KEY)], "scope": ["*"], "rate_limit": 1.0,
-        "burst": 2}])
+        "name": "billing", "keys": [keys.stored_form(BILLING_KEY)], "scope": ["*"],
+        "rate_limit": 1.0, "burst": 2}])
     invocations = [standin.add_pending() for _ in range(3)]
     request_ids = [new_request_id() for _ in range(3)]
 
