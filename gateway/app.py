@@ -25,11 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import mapping
+from gateway import identity, mapping
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import (
     Authenticator,
     Authorizer,
+    CompositeAuthenticator,
     Principal,
     TeamKeyAuthenticator,
     TeamSwitchAuthorizer,
@@ -154,17 +155,22 @@ class Gateway:
         if audit is None:
             audit = AuditLog(config.audit, mac_key=mac_key,
                              on_failure=metrics.audit_failures.inc)
-        return cls(
+        team_keys = TeamKeyAuthenticator(config.teams)
+        accounts = identity.from_config(config)  # None without [[issuers]]
+        gateway = cls(
             config,
             token=token,
             audit=audit,
             upstream=UpstreamClient(up),
             metrics=metrics,
-            authenticator=TeamKeyAuthenticator(config.teams),
+            authenticator=CompositeAuthenticator(team_keys, accounts) if accounts else team_keys,
             authorizer=TeamSwitchAuthorizer(config.teams),
             limits=TeamLimits(config.teams),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+        for issuer in accounts.issuers if accounts else ():
+            gateway.watcher.add(issuer.file, issuer.adopt)
+        return gateway
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -17,15 +17,16 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 import structlog
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.auth import MAX_JWT_BYTES, Principal
-from gateway.config import IssuerConfig, TeamConfig
+from gateway.config import Config, IssuerConfig, TeamConfig
 from gateway.errors import unauthenticated
+from gateway.watch import WatchedFile
 
 log = structlog.get_logger("gateway.identity")
 
@@ -123,18 +124,10 @@ class ServiceAccount:
         return f"sa:{self.namespace}/{self.name}"
 
 
-class KeyFile(Protocol):
-    """What `IssuerKeys` reads: a `gateway.watch.WatchedFile`."""
-
-    path: str
-    content: bytes | None
-    problem: str | None
-
-
 class IssuerKeys:
     """One `[[issuers]]` entry and its current key set (the last good one, if any)."""
 
-    def __init__(self, config: IssuerConfig, file: KeyFile) -> None:
+    def __init__(self, config: IssuerConfig, file: WatchedFile) -> None:
         self.config = config
         self.file = file
         self.keys: Mapping[str, VerificationKey] = {}
@@ -229,3 +222,20 @@ class ServiceAccountAuthenticator:
                      key_id=account.key_id)
             raise unauthenticated()
         return Principal(team, account.key_id)
+
+
+def from_config(config: Config) -> ServiceAccountAuthenticator | None:
+    """The service-account authenticator with every JWKS read once, or None without issuers.
+
+    The caller registers each `issuers[i].file` with the gateway's `Watcher`, `adopt` as
+    the callback, so a changed JWKS is taken without a restart.
+    """
+    if not config.issuers:
+        return None
+    issuers = []
+    for entry in config.issuers:
+        keys = IssuerKeys(entry, WatchedFile(entry.jwks_file, what=f"issuer {entry.name} JWKS"))
+        keys.file.load()
+        keys.adopt()
+        issuers.append(keys)
+    return ServiceAccountAuthenticator(issuers, config.teams)

@@ -34,17 +34,12 @@ class SigningKey:
         """The public JWK, as the cluster's /openid/v1/jwks serves it."""
         codec = RSAAlgorithm if self.algorithm == "RS256" else ECAlgorithm
         data: dict[str, Any] = codec.to_jwk(self.private.public_key(), as_dict=True)
-        data.update(kid=self.kid, use="sig", alg=self.algorithm, **extra)
+        data.update({"kid": self.kid, "use": "sig", "alg": self.algorithm, **extra})
         return data
 
-    def token(self, *, headers: dict[str, Any] | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        payload: dict[str, Any] = {
-            "iss": ISSUER, "aud": [AUDIENCE], "sub": SUBJECT,
-            "iat": now, "nbf": now, "exp": now + 600,
-        }
-        payload.update(claims)
-        payload = {k: v for k, v in payload.items() if v is not None}
+    def token(self, *, headers: dict[str, Any] | None = None, **overrides: Any) -> str:
+        """A token with the claims a projected volume gets; an override of None drops one."""
+        payload = {k: v for k, v in claims(**overrides).items() if v is not None}
         return jwt.encode(payload, self.private, algorithm=self.algorithm,
                           headers={"kid": self.kid, **(headers or {})})
 
