@@ -36,8 +36,11 @@ from gateway.auth import (
 )
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
+from gateway.jobs import JobContext
 from gateway.limits import TeamLimits
+from gateway.lookup import JobLookup
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.scopes import ScopeAuthorizer
 from gateway.secrets import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,
@@ -112,6 +115,8 @@ class Gateway:
         authenticator: Authenticator,
         authorizer: Authorizer,
         limits: TeamLimits,
+        scopes: ScopeAuthorizer | None = None,
+        lookup: JobLookup | None = None,
         secrets: tuple[SecretSource, ...] = (),
     ) -> None:
         self.config = config
@@ -122,6 +127,8 @@ class Gateway:
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.limits = limits
+        self.scopes = scopes or ScopeAuthorizer({t.name: t.scope for t in config.teams})
+        self.lookup = lookup or JobLookup(upstream, cache_size=config.upstream.lookup_cache)
         self._secrets = secrets or (token,)
         # Files re-read while running; other pieces (config, JWKS) register theirs here too.
         self.watcher = Watcher()
@@ -281,6 +288,7 @@ class Gateway:
         invocation_id = (raw_id.decode("ascii").lower() if well_formed
                          else raw_id[:128].decode("latin-1"))
         upstream_status: int | None = None
+        context: JobContext | None = None
         attempted = False
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
@@ -306,9 +314,14 @@ class Gateway:
             if token is None:
                 raise ServiceUnavailable(
                     "the gateway has no valid upstream token", code="token_unavailable")
+            if self.scopes.needs_lookup(principal.team) or self.config.audit.record_context:
+                context = await self._job_context(invocation_id, token, exchange.request_id)
+                if self.scopes.needs_lookup(principal.team):
+                    self.scopes.authorize_job(principal.team, context)
             await self.audit.write(self._record(
                 "cancel.attempt", exchange, invocation_id, principal, scope, outcome="pending",
                 status=None, upstream_status=None, error=None, started=started,
+                context=context,
             ))
             attempted = True
             reply = await self._forward(invocation_id, token, exchange.request_id)
@@ -328,6 +341,7 @@ class Gateway:
                 "cancel.result", exchange, invocation_id, principal, scope,
                 outcome="upstream_error" if attempted else "unavailable", status=None,
                 upstream_status=upstream_status, error="shutdown", started=started,
+                context=context,
             ))
             raise
         except Exception:
@@ -343,10 +357,23 @@ class Gateway:
         result = self._record(
             "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
             status=status, upstream_status=upstream_status, error=error, started=started,
+            context=context,
         )
         with contextlib.suppress(AuditUnavailable):
             await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
+
+    async def _job_context(self, invocation_id: str, token: str, request_id: str) -> JobContext:
+        try:
+            context, hit = await self.lookup.context(invocation_id, token=token,
+                                                     request_id=request_id)
+        except GatewayError as exc:
+            self.metrics.job_lookups.labels("failed").inc()
+            log.warning("upstream.lookup_failed", request_id=request_id, error=exc.code,
+                        upstream_status=exc.upstream_status)
+            raise
+        self.metrics.job_lookups.labels("hit" if hit else "miss").inc()
+        return context
 
     async def _forward(
         self, invocation_id: str, token: str, request_id: str
@@ -372,7 +399,7 @@ class Gateway:
     def _record(
         self, event: str, exchange: Exchange, invocation_id: str, principal: Principal | None,
         scope: Scope, *, outcome: str, status: int | None, upstream_status: int | None,
-        error: str | None, started: float,
+        error: str | None, started: float, context: JobContext | None = None,
     ) -> dict[str, Any]:
         client = scope.get("client")
         return {
@@ -388,6 +415,9 @@ class Gateway:
             "upstream_status": upstream_status,
             "error": error,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "database": context.database if context else None,
+            "collection": context.collection if context else None,
+            "source_id": context.source_id if context else None,
         }
 
     async def _send_error(self, send: Send, exc: GatewayError, *, close: bool = False) -> None:
