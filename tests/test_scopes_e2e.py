@@ -190,7 +190,7 @@ def test_an_unrestricted_team_sends_no_lookup(scoped: RunningGateway, standin: S
     response, request_id = cancel(scoped, invocation, BILLING_KEY)
     assert response.status_code == 202
     assert methods(standin) == ["PUT"]
-    attempt, result = records_for(scoped, request_id, 2)
+    _attempt, result = records_for(scoped, request_id, 2)
     assert (result["database"], result["collection"], result["source_id"]) == (None, None, None)
 
 
@@ -202,7 +202,7 @@ def test_record_context_looks_up_every_cancel(
     response, request_id = cancel(gateway, invocation, BILLING_KEY)
     assert response.status_code == 202
     assert methods(standin) == ["GET", "PUT"]
-    attempt, result = records_for(gateway, request_id, 2)
+    attempt, _result = records_for(gateway, request_id, 2)
     assert (attempt["database"], attempt["collection"], attempt["source_id"]) == (
         "search", "web", SOURCE)
 
