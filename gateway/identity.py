@@ -242,6 +242,20 @@ class ServiceAccountAuthenticator:
         return Principal(team, account.key_id)
 
 
+def jwks_state(path: str) -> str:
+    """For `check-config`: the kids a JWKS file offers, or why it can't be used (no key data)."""
+    file = WatchedFile(path, what="JWKS")
+    file.load()
+    if file.content is None:
+        return f"NOT USABLE: {file.problem}"
+    try:
+        key_set = parse_jwks(file.content)
+    except JwksProblem as exc:
+        return f"NOT USABLE: {exc}"
+    skipped = f"; skipped {'; '.join(key_set.skipped)}" if key_set.skipped else ""
+    return f"kids {', '.join(sorted(key_set.keys))}{skipped}"
+
+
 def from_config(config: Config) -> ServiceAccountAuthenticator | None:
     """The service-account authenticator with every JWKS read once, or None without issuers.
 

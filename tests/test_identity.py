@@ -480,3 +480,33 @@ def test_from_config_loads_each_issuers_jwks(tmp_path: Path) -> None:
         "upstream": {"token_env": "T"}, "audit": {"path": "a"},
         "teams": [{"name": "ops", "scope": ["*"], "keys": [keys.stored_form(TEAM_KEY)]}],
     })) is None
+
+
+# -- check-config ---------------------------------------------------------------------------
+
+
+def test_check_config_lists_issuers_with_their_kids_and_each_teams_accounts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway import cli
+    from tests.harness import render_toml
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_bytes(jwks(RSA, EC))
+    bad.write_bytes(b'{"keys": []}')
+    path = tmp_path / "config.toml"
+    path.write_text(render_toml({
+        "upstream": {"token_env": "CSG_TEST_TOKEN"}, "audit": {"path": str(tmp_path / "a")},
+        "teams": [{"name": "ops", "scope": ["*"], "service_accounts": ["ops/runner", "ops/b"]}],
+        "issuers": [
+            {"name": "prod", "issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(good)},
+            {"name": "dr", "issuer": "https://dr", "audience": AUDIENCE, "jwks_file": str(bad)},
+        ],
+    }))
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  ops: 0 key(s) [], " in out
+    assert "    service accounts: ops/runner, ops/b\n" in out
+    assert f"  prod: iss {ISSUER}, audience {AUDIENCE}, jwks {good}: kids ec-1, rsa-1\n" in out
+    assert f"jwks {bad}: NOT USABLE: no usable RS256 or ES256 signing key\n" in out
+    assert RSA.jwk()["n"][:20] not in out
