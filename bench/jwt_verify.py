@@ -28,6 +28,17 @@ from gateway.identity import (
 from gateway.watch import WatchedFile
 from tests.jwt_keys import AUDIENCE, ISSUER, ec_key, jwks, rsa_key
 
+# What a kubelet puts beside iss/sub/aud/exp, so the token has a real one's size (~1 KB).
+K8S_CLAIMS = {
+    "namespace": "billing",
+    "node": {"name": "ip-10-0-12-34.eu-west-1.compute.internal",
+             "uid": "5d3c1f0e-8a4b-4c2d-9e6f-7a8b9c0d1e2f"},
+    "pod": {"name": "billing-worker-7c9f8d6b5-x2k4q",
+            "uid": "0b8e1d2c-3a4f-4b5c-8d6e-7f8091a2b3c4"},
+    "serviceaccount": {"name": "worker", "uid": "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a"},
+    "warnafter": 1700000600,
+}
+
 
 def best_us(fn: Callable[[], object], number: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
@@ -50,7 +61,7 @@ def main() -> None:
     print(f"{'algorithm':<10} {'token bytes':>11} {'gateway us':>11} {'pyjwt us':>9} "
           f"{'signature us':>13}")
     for signer in signers:
-        token = signer.token().encode()
+        token = signer.token(**{"kubernetes.io": K8S_CLAIMS}).encode()
         assert accounts.authenticate_credential(token).key_id == "sa:billing/worker"
         gateway, library, check = measure(accounts, issuer.keys[signer.kid], token, number)
         print(f"{signer.algorithm:<10} {len(token):>11} {gateway:>11.1f} {library:>9.1f} "
