@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import uuid
@@ -45,6 +46,7 @@ from gateway.secrets import (
     upstream_token_source,
 )
 from gateway.upstream import UpstreamClient
+from gateway.watch import Watcher
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,7 +62,6 @@ UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX 
                      + rb"{12}")
 REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
-SECRET_POLL_SECONDS = 0.5
 
 
 class ClientGone(Exception):
@@ -111,7 +112,7 @@ class Gateway:
         authenticator: Authenticator,
         authorizer: Authorizer,
         limits: TeamLimits,
-        watched: tuple[SecretSource, ...] = (),
+        secrets: tuple[SecretSource, ...] = (),
     ) -> None:
         self.config = config
         self.token = token
@@ -121,7 +122,12 @@ class Gateway:
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.limits = limits
-        self._watched = watched or (token,)
+        self._secrets = secrets or (token,)
+        # Files re-read while running; other pieces (config, JWKS) register theirs here too.
+        self.watcher = Watcher()
+        for source in self._secrets:
+            if isinstance(source, FileSecret):
+                self.watcher.add(source.file, functools.partial(self._secret_changed, source))
         self._watcher: asyncio.Task[None] | None = None
         self.plain = Starlette(
             routes=[
@@ -157,7 +163,7 @@ class Gateway:
             authenticator=TeamKeyAuthenticator(config.teams),
             authorizer=TeamSwitchAuthorizer(config.teams),
             limits=TeamLimits(config.teams),
-            watched=(token,) + ((mac_key,) if mac_key else ()),
+            secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -171,12 +177,12 @@ class Gateway:
             await self.stop()
 
     async def start(self) -> None:
-        for source in self._watched:
+        for source in self._secrets:
             source.refresh()
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_secrets())
+        self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
             audit_path=self.audit.path, teams=len(self.config.teams),
@@ -192,13 +198,10 @@ class Gateway:
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
 
-    async def _watch_secrets(self) -> None:
-        while True:
-            await asyncio.sleep(SECRET_POLL_SECONDS)
-            for source in self._watched:
-                if source.refresh():
-                    self._report_secret(source, initial=False)
-            self._update_gauges()
+    def _secret_changed(self, source: FileSecret) -> None:
+        if source.update():
+            self._report_secret(source, initial=False)
+        self._update_gauges()
 
     def _report_secret(self, source: SecretSource, *, initial: bool) -> None:
         name = source.what.lower().replace(" ", "_")
