@@ -27,17 +27,13 @@ from starlette.routing import Route
 
 from gateway import mapping
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
-from gateway.auth import (
-    Authenticator,
-    Authorizer,
-    Principal,
-    TeamKeyAuthenticator,
-    TeamSwitchAuthorizer,
-)
+from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
 from gateway.limits import TeamLimits
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.policy import Policy, build_policy
+from gateway.reload import Reloader
 from gateway.secrets import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,
@@ -109,9 +105,7 @@ class Gateway:
         audit: AuditLog,
         upstream: UpstreamClient,
         metrics: Metrics,
-        authenticator: Authenticator,
-        authorizer: Authorizer,
-        limits: TeamLimits,
+        policy: Policy,
         secrets: tuple[SecretSource, ...] = (),
     ) -> None:
         self.config = config
@@ -119,9 +113,8 @@ class Gateway:
         self.audit = audit
         self.upstream = upstream
         self.metrics = metrics
-        self.authenticator = authenticator
-        self.authorizer = authorizer
-        self.limits = limits
+        # Swapped whole by a reload; a request reads it once, at its start.
+        self.policy = policy
         self._secrets = secrets or (token,)
         # Files re-read while running; other pieces (config, JWKS) register theirs here too.
         self.watcher = Watcher()
@@ -129,6 +122,7 @@ class Gateway:
             if isinstance(source, FileSecret):
                 self.watcher.add(source.file, functools.partial(self._secret_changed, source))
         self._watcher: asyncio.Task[None] | None = None
+        self.reloader = Reloader(self)
         self.plain = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -160,11 +154,22 @@ class Gateway:
             audit=audit,
             upstream=UpstreamClient(up),
             metrics=metrics,
-            authenticator=TeamKeyAuthenticator(config.teams),
-            authorizer=TeamSwitchAuthorizer(config.teams),
-            limits=TeamLimits(config.teams),
+            policy=build_policy(config, metrics),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+
+    # Read-only views of the current policy, for code that handles no request.
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.policy.authenticator
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.policy.authorizer
+
+    @property
+    def limits(self) -> TeamLimits:
+        return self.policy.limits
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -182,6 +187,7 @@ class Gateway:
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
+        self.reloader.start()
         self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
@@ -194,6 +200,7 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.reloader.stop()
         await self.audit.close()
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
@@ -285,17 +292,19 @@ class Gateway:
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
         failure: GatewayError | None = None
+        policy = self.policy  # once: a reload mid-request does not change its rules
         try:
-            principal = self.authenticator.authenticate(headers)
+            principal = policy.authenticator.authenticate(headers)
             exchange.team = principal.team
-            self.authorizer.authorize(principal)
+            policy.key_used(principal)
+            policy.authorizer.authorize(principal)
             if not well_formed:
                 raise RequestRejected(
                     "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
                     status=400, code="invalid_invocation_id", outcome="invalid_request",
                 )
             await _read_small_body(scope, headers, receive)
-            retry_after = self.limits.retry_after(principal.team)
+            retry_after = policy.limits.retry_after(principal.team)
             if retry_after:
                 raise RequestRejected(
                     "too many requests for this team; retry later", status=429,

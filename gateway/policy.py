@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from gateway import keys
-from gateway.auth import Authenticator, Authorizer, Principal, TeamKeyAuthenticator, \
-    TeamSwitchAuthorizer
+from gateway.auth import (
+    Authenticator,
+    Authorizer,
+    Principal,
+    TeamKeyAuthenticator,
+    TeamSwitchAuthorizer,
+)
 from gateway.config import Config, TeamConfig
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
