@@ -316,9 +316,6 @@ class _Parser:
         keep_files = self.get(
             t, "audit", "keep_files", lambda k, v: self.count(k, v, 1, 10**6), None
         )
-        if keep_files is not None and max_bytes is None:
-            # Without rotation there is never a rotated file to keep or delete.
-            raise self.fail("audit.keep_files", "needs audit.max_bytes (rotation) to be set")
         return AuditConfig(
             path=self.string("audit.path", t["path"]),
             fsync=self.get(t, "audit", "fsync", self.boolean, d.fsync),

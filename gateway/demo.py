@@ -89,7 +89,9 @@ def _print_instructions(cfg: config.Config, key: str, pending: list[str], audit_
         f"  {curl}\n\n"
         f"Other pending invocations: {', '.join(pending[1:])}\n"
         f"Audit log: {audit_path}\n"
-        f"  verify it with: chroma-sync-gateway audit verify {shlex.quote(audit_path)}\n"
+        # The interpreter running the demo, so the hint works whether or not .venv/bin is on PATH.
+        f"  verify it with: {shlex.quote(sys.executable)} -m gateway audit verify "
+        f"{shlex.quote(audit_path)}\n"
         f"Metrics: {base}/metrics   Readiness: {base}/readyz\n\n"
         "Press Ctrl-C to stop (the temporary files are removed).\n\n"
     )

@@ -136,6 +136,7 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
     curl = parse_curl(demo.read_until("curl "))
     audit_line = demo.read_until("Audit log: ")
     audit_path = Path(audit_line.split("Audit log: ", 1)[1].strip())
+    hint = demo.read_until("verify it with: ").split("verify it with: ", 1)[1].strip()
     folder = audit_path.parent
 
     assert curl.method == "PUT"
@@ -150,9 +151,10 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
 
     assert audit_path.exists()
     wait_for_lines(audit_path, 4)  # two attempts and two results
+    # The hint as printed, by a shell whose PATH lacks .venv/bin (as after `scripts/install`).
     verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(audit_path)],
-        capture_output=True, text=True, timeout=30, check=False,
+        ["/bin/sh", "-c", hint], capture_output=True, text=True, timeout=30, check=False,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith("ok: 4 records")
