@@ -296,7 +296,8 @@ def test_version_prints_the_package_version() -> None:
 
 def test_python_dash_m_gateway_works_like_the_console_script() -> None:
     assert CONSOLE_SCRIPT.exists(), "the package is not installed with its console script"
-    for args, stdin in ((["--version"], b""), (["keys", "hash"], BILLING_KEY.encode()), (["--help"], b"")):
+    cases = ((["--version"], b""), (["keys", "hash"], BILLING_KEY.encode()), (["--help"], b""))
+    for args, stdin in cases:
         module = run(*args, stdin=stdin)
         script = run(*args, stdin=stdin, program=[str(CONSOLE_SCRIPT)])
         assert module.returncode == script.returncode == 0
