@@ -30,7 +30,9 @@ from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
+from gateway.jobs import JobContext
 from gateway.limits import TeamLimits
+from gateway.lookup import JobLookup
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.policy import Policy, build_policy
 from gateway.reload import Reloader
@@ -62,6 +64,21 @@ MAX_BODY_BYTES = 1024
 
 class ClientGone(Exception):
     """The caller disconnected before its request was complete: nothing is forwarded."""
+
+
+@dataclass
+class Cancellation:
+    """One cancel as the audit trail sees it, from its first check to its result."""
+
+    request_id: str
+    invocation_id: str  # canonical, or the raw value cut to 128 characters
+    client: str | None  # the socket's peer address
+    started: float
+    principal: Principal | None = None
+    context: JobContext | None = None  # what the job touches, once looked up
+    batch_id: str | None = None  # set for the cancels of a bulk cancel
+    upstream_status: int | None = None
+    forwarded: bool = False  # a PUT may have left
 
 
 @dataclass
@@ -106,6 +123,7 @@ class Gateway:
         upstream: UpstreamClient,
         metrics: Metrics,
         policy: Policy,
+        lookup: JobLookup | None = None,
         secrets: tuple[SecretSource, ...] = (),
     ) -> None:
         self.config = config
@@ -115,6 +133,7 @@ class Gateway:
         self.metrics = metrics
         # Swapped whole by a reload; a request reads it once, at its start.
         self.policy = policy
+        self.lookup = lookup or JobLookup(upstream, cache_size=config.upstream.lookup_cache)
         self._secrets = secrets or (token,)
         # Files re-read while running; other pieces (config, JWKS) register theirs here too.
         self.watcher = Watcher()
@@ -282,19 +301,22 @@ class Gateway:
                 headers={"allow": "PUT"}))
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        principal: Principal | None = None
         well_formed = UUID_RE.fullmatch(raw_id) is not None
-        # Canonical when well-formed, even on a refusal that comes before the id check.
-        invocation_id = (raw_id.decode("ascii").lower() if well_formed
-                         else raw_id[:128].decode("latin-1"))
-        upstream_status: int | None = None
-        attempted = False
+        client = scope.get("client")
+        cancel = Cancellation(
+            request_id=exchange.request_id,
+            # Canonical when well-formed, even on a refusal that comes before the id check.
+            invocation_id=(raw_id.decode("ascii").lower() if well_formed
+                           else raw_id[:128].decode("latin-1")),
+            client=client[0] if client else None,
+            started=started,
+        )
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
         failure: GatewayError | None = None
         policy = self.policy  # once: a reload mid-request does not change its rules
         try:
-            principal = policy.authenticator.authenticate(headers)
+            principal = cancel.principal = policy.authenticator.authenticate(headers)
             exchange.team = principal.team
             policy.key_used(principal)
             policy.authorizer.authorize(principal)
@@ -304,58 +326,90 @@ class Gateway:
                     status=400, code="invalid_invocation_id", outcome="invalid_request",
                 )
             await _read_small_body(scope, headers, receive)
-            retry_after = policy.limits.retry_after(principal.team)
-            if retry_after:
-                raise RequestRejected(
-                    "too many requests for this team; retry later", status=429,
-                    code="rate_limited", outcome="rate_limited",
-                    headers={"retry-after": str(retry_after)},
-                )
-            token = self.token.value
-            if token is None:
-                raise ServiceUnavailable(
-                    "the gateway has no valid upstream token", code="token_unavailable")
-            await self.audit.write(self._record(
-                "cancel.attempt", exchange, invocation_id, principal, scope, outcome="pending",
-                status=None, upstream_status=None, error=None, started=started,
-            ))
-            attempted = True
-            reply = await self._forward(invocation_id, token, exchange.request_id)
+            self._check_rate(policy, principal.team)
+            token = self._upstream_token()
+            scopes = policy.scopes
+            if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
+                cancel.context = await self._job_context(cancel.invocation_id, token,
+                                                         cancel.request_id)
+                if scopes.needs_lookup(principal.team):
+                    scopes.authorize_job(principal.team, cancel.context)
+            reply = await self._forward_cancel(cancel, token)
             status, outcome, error = reply.status, reply.outcome, reply.error
-            upstream_status = reply.upstream_status
             await _send(send, reply.status, reply.body,
                         [(k.encode(), v.encode()) for k, v in reply.headers.items()])
         except ClientGone:
             status, outcome, error = 499, "invalid_request", "client_disconnected"
         except GatewayError as exc:
-            upstream_status = exc.upstream_status
+            cancel.upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
             failure = exc
         except asyncio.CancelledError:
             # Shutdown ran out of grace: the result is still recorded, at close.
             self.audit.write_later(self._record(
-                "cancel.result", exchange, invocation_id, principal, scope,
-                outcome="upstream_error" if attempted else "unavailable", status=None,
-                upstream_status=upstream_status, error="shutdown", started=started,
+                "cancel.result", cancel, status=None, error="shutdown",
+                outcome="upstream_error" if cancel.forwarded else "unavailable",
             ))
             raise
         except Exception:
-            log.exception("cancel.internal_error", request_id=exchange.request_id)
+            log.exception("cancel.internal_error", request_id=cancel.request_id)
             failure = GatewayError("internal error")
         if failure is not None:
             # Outside the handlers, so that nothing here can skip the result record below.
             try:
                 await self._send_error(send, failure, close=failure.status == 413)
             except Exception:
-                log.exception("cancel.answer_failed", request_id=exchange.request_id)
-        self.metrics.cancels.labels(outcome, principal.team if principal else "").inc()
-        result = self._record(
-            "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
-            status=status, upstream_status=upstream_status, error=error, started=started,
-        )
+                log.exception("cancel.answer_failed", request_id=cancel.request_id)
+        await self._finish(cancel, status=status, outcome=outcome, error=error)
+
+    def _check_rate(self, policy: Policy, team: str) -> None:
+        retry_after = policy.limits.retry_after(team)
+        if retry_after:
+            raise RequestRejected(
+                "too many requests for this team; retry later", status=429,
+                code="rate_limited", outcome="rate_limited",
+                headers={"retry-after": str(retry_after)},
+            )
+
+    def _upstream_token(self) -> str:
+        token = self.token.value
+        if token is None:
+            raise ServiceUnavailable(
+                "the gateway has no valid upstream token", code="token_unavailable")
+        return token
+
+    async def _forward_cancel(self, cancel: Cancellation, token: str) -> mapping.Reply:
+        """The durable attempt record, then the PUT, mapped: what every cancel goes through."""
+        await self.audit.write(self._record(
+            "cancel.attempt", cancel, outcome="pending", status=None, error=None))
+        cancel.forwarded = True
+        reply = await self._forward(cancel.invocation_id, token, cancel.request_id)
+        cancel.upstream_status = reply.upstream_status
+        return reply
+
+    async def _finish(
+        self, cancel: Cancellation, *, status: int, outcome: str, error: str | None
+    ) -> None:
+        """Count the cancel and write its result record, whatever its end."""
+        team = cancel.principal.team if cancel.principal else ""
+        self.metrics.cancels.labels(outcome, team).inc()
+        result = self._record("cancel.result", cancel, outcome=outcome, status=status,
+                              error=error)
         with contextlib.suppress(AuditUnavailable):
             await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
+
+    async def _job_context(self, invocation_id: str, token: str, request_id: str) -> JobContext:
+        try:
+            context, hit = await self.lookup.context(invocation_id, token=token,
+                                                     request_id=request_id)
+        except GatewayError as exc:
+            self.metrics.job_lookups.labels("failed").inc()
+            log.warning("upstream.lookup_failed", request_id=request_id, error=exc.code,
+                        upstream_status=exc.upstream_status)
+            raise
+        self.metrics.job_lookups.labels("hit" if hit else "miss").inc()
+        return context
 
     async def _forward(
         self, invocation_id: str, token: str, request_id: str
@@ -379,25 +433,31 @@ class Gateway:
             raise
 
     def _record(
-        self, event: str, exchange: Exchange, invocation_id: str, principal: Principal | None,
-        scope: Scope, *, outcome: str, status: int | None, upstream_status: int | None,
-        error: str | None, started: float,
+        self, event: str, cancel: Cancellation, *, outcome: str, status: int | None,
+        error: str | None,
     ) -> dict[str, Any]:
-        client = scope.get("client")
-        return {
+        principal, context = cancel.principal, cancel.context
+        record: dict[str, Any] = {
             "ts": utc_timestamp(),
             "event": event,
-            "request_id": exchange.request_id,
-            "invocation_id": invocation_id,
+            "request_id": cancel.request_id,
+            "invocation_id": cancel.invocation_id,
             "team": principal.team if principal else None,
             "key_id": principal.key_id if principal else None,
-            "client": client[0] if client else None,
+            "client": cancel.client,
             "outcome": outcome,
             "status": status,
-            "upstream_status": upstream_status,
+            # An attempt is written before its PUT: it has no upstream answer yet.
+            "upstream_status": None if event == "cancel.attempt" else cancel.upstream_status,
             "error": error,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "duration_ms": round((time.perf_counter() - cancel.started) * 1000, 3),
+            "database": context.database if context else None,
+            "collection": context.collection if context else None,
+            "source_id": context.source_id if context else None,
         }
+        if cancel.batch_id is not None:
+            record["batch_id"] = cancel.batch_id
+        return record
 
     async def _send_error(self, send: Send, exc: GatewayError, *, close: bool = False) -> None:
         status, headers, body = render(exc)

@@ -37,6 +37,11 @@ class Metrics:
             "chroma_sync_gateway_upstream_failures",
             "Upstream exchanges with no usable answer, by error code.", ["error"], registry=r,
         )
+        self.job_lookups = Counter(
+            "chroma_sync_gateway_job_lookups",
+            "Job context lookups for scope checks: hit (cached), miss (asked upstream), failed.",
+            ["result"], registry=r,
+        )
         self.audit_failures = Counter(
             "chroma_sync_gateway_audit_write_failures", "Failed audit log writes.", registry=r,
         )

@@ -25,6 +25,7 @@ from gateway.auth import (
 from gateway.config import Config, TeamConfig
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
+from gateway.scopes import ScopeAuthorizer
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Policy:
     authenticator: Authenticator
     authorizer: Authorizer
     limits: TeamLimits
+    scopes: ScopeAuthorizer
     key_requests: Mapping[str, Counter]
     """key_id -> its labelled counter, made here so a request does no label lookup."""
     key_metric: Counter
@@ -56,6 +58,7 @@ def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = 
         authenticator=TeamKeyAuthenticator(config.teams),
         authorizer=TeamSwitchAuthorizer(config.teams),
         limits=TeamLimits(config.teams, previous=previous.limits if previous else None),
+        scopes=ScopeAuthorizer({t.name: t.scope for t in config.teams}),
         key_requests=key_requests,
         key_metric=metrics.key_requests,
     )
