@@ -256,18 +256,16 @@ def jwks_state(path: str) -> str:
     return f"kids {', '.join(sorted(key_set.keys))}{skipped}"
 
 
-def from_config(config: Config) -> ServiceAccountAuthenticator | None:
-    """The service-account authenticator with every JWKS read once, or None without issuers.
+def load_issuers(config: Config) -> tuple[IssuerKeys, ...]:
+    """Each `[[issuers]]` entry with its JWKS read once.
 
-    The caller registers each `issuers[i].file` with the gateway's `Watcher`, `adopt` as
-    the callback, so a changed JWKS is taken without a restart.
+    The gateway registers each `file` with its `Watcher`, `adopt` as the callback, so a
+    changed JWKS is taken without a restart.
     """
-    if not config.issuers:
-        return None
     issuers = []
     for entry in config.issuers:
         keys = IssuerKeys(entry, WatchedFile(entry.jwks_file, what=f"issuer {entry.name} JWKS"))
         keys.file.load()
         keys.adopt()
         issuers.append(keys)
-    return ServiceAccountAuthenticator(issuers, config.teams)
+    return tuple(issuers)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import identity, keys
+from gateway import keys
 from gateway.auth import MAX_JWT_BYTES, CompositeAuthenticator, TeamKeyAuthenticator
 from gateway.config import IssuerConfig, TeamConfig
 from gateway.errors import RequestRejected, render, unauthenticated
@@ -460,26 +460,50 @@ def test_a_jwks_missing_at_start_refuses_every_token(tmp_path: Path) -> None:
     assert refusal(ServiceAccountAuthenticator([issuer], TEAMS), RSA.token()) == "unknown kid"
 
 
-def test_from_config_loads_each_issuers_jwks(tmp_path: Path) -> None:
+def test_the_policy_loads_each_jwks_once_and_a_reload_keeps_them(tmp_path: Path) -> None:
     from gateway.config import parse
+    from gateway.metrics import Metrics
+    from gateway.policy import build_policy
 
     path = tmp_path / "jwks.json"
     path.write_bytes(jwks(EC))
-    cfg = parse({
-        "upstream": {"token_env": "T"}, "audit": {"path": "a"},
-        "teams": [{"name": "ops", "scope": ["*"], "service_accounts": ["ops/runner"]}],
-        "issuers": [{"name": "prod", "issuer": ISSUER, "audience": AUDIENCE,
-                     "jwks_file": str(path)}],
-    })
-    accounts = identity.from_config(cfg)
-    assert accounts is not None
-    principal = accounts.authenticate_credential(
-        EC.token(sub="system:serviceaccount:ops:runner").encode())
-    assert principal.key_id == "sa:ops/runner"
-    assert identity.from_config(parse({
+
+    def config(accounts: list[str]) -> Any:
+        return parse({
+            "upstream": {"token_env": "T"}, "audit": {"path": "a"},
+            "teams": [{"name": "ops", "scope": ["*"], "service_accounts": accounts}],
+            "issuers": [{"name": "prod", "issuer": ISSUER, "audience": AUDIENCE,
+                         "jwks_file": str(path)}],
+        })
+
+    metrics = Metrics()
+    policy = build_policy(config(["ops/runner"]), metrics)
+    runner = bearer(EC.token(sub="system:serviceaccount:ops:runner"))
+    cron = bearer(EC.token(sub="system:serviceaccount:ops:cron"))
+    assert policy.authenticator.authenticate(runner).key_id == "sa:ops/runner"
+    with pytest.raises(RequestRejected):
+        policy.authenticator.authenticate(cron)
+    # A reload swaps the teams' accounts and keeps the (watched) key sets as they are.
+    reloaded = build_policy(config(["ops/cron"]), metrics, previous=policy)
+    assert reloaded.issuers == policy.issuers and len(policy.issuers) == 1
+    assert reloaded.authenticator.authenticate(cron).key_id == "sa:ops/cron"
+    with pytest.raises(RequestRejected):
+        reloaded.authenticator.authenticate(runner)
+    reloaded.key_used(reloaded.authenticator.authenticate(cron))
+    assert b'key_id="sa:ops/cron",team="ops"} 1.0' in metrics.render()
+
+
+def test_without_issuers_the_policy_checks_team_keys_only() -> None:
+    from gateway.config import parse
+    from gateway.metrics import Metrics
+    from gateway.policy import build_policy
+
+    policy = build_policy(parse({
         "upstream": {"token_env": "T"}, "audit": {"path": "a"},
         "teams": [{"name": "ops", "scope": ["*"], "keys": [keys.stored_form(TEAM_KEY)]}],
-    })) is None
+    }), Metrics())
+    assert policy.issuers == ()
+    assert isinstance(policy.authenticator, TeamKeyAuthenticator)
 
 
 # -- check-config ---------------------------------------------------------------------------
