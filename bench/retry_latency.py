@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'cancel':<12} {'n':>5} {'p50 ms':>8} {'p90 ms':>8}")
     print(f"{'first try':<12} {args.n:>5} {base_p50:>8.2f} {base_p90:>8.2f}")
     print(f"{'one retry':<12} {args.n:>5} {retry_p50:>8.2f} {retry_p90:>8.2f}")
-    print(f"added by one retry: p50 {retry_p50 - base_p50:.2f} ms, p90 {retry_p90 - base_p90:.2f} ms")
+    print(f"added by one retry: p50 {retry_p50 - base_p50:.2f} ms, "
+          f"p90 {retry_p90 - base_p90:.2f} ms")
     return 0
 
 

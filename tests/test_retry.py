@@ -9,6 +9,7 @@ import email.utils
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import pytest
 
@@ -17,6 +18,7 @@ from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure, Up
 from gateway.jobs import Job, JobContext
 from gateway.mapping import Reply
 from gateway.retry import RetryPolicy, Sender, retry_after_seconds
+from gateway.upstream import _never_sent
 
 ACCEPTED = Reply(202, b"{}", "cancelled", None, 202)
 GONE = Reply(412, b"{}", "not_cancelable", "not_cancelable", 412)
@@ -315,10 +317,6 @@ def test_config_defaults_and_bounds_of_the_new_keys() -> None:
 
 
 def test_upstream_boundary_marks_a_refused_connection_as_never_sent() -> None:
-    from gateway.upstream import _never_sent
-
-    import aiohttp
-
     refused = aiohttp.ClientConnectorError(
         aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None),
         ConnectionRefusedError(111, "refused"))

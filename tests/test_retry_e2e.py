@@ -121,6 +121,8 @@ def test_429_whose_retry_after_passes_the_deadline_goes_to_the_caller(
 
     assert response.status_code == 429 and response.headers["retry-after"] == "30"
     assert len(puts_of(standin, invocation)) == 1
+    _, result = records_of(gateway, request_id)
+    assert (result["attempts"], result["outcome"]) == (1, "rejected_by_upstream")
     assert standin.state_of(invocation) == "pending"
 
 
