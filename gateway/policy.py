@@ -25,6 +25,7 @@ from gateway.auth import (
 )
 from gateway.config import Config, TeamConfig
 from gateway.identity import IssuerKeys, ServiceAccountAuthenticator, load_issuers
+from gateway.inflight import InFlight
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
 from gateway.scopes import ScopeAuthorizer
@@ -36,6 +37,7 @@ class Policy:
     authenticator: Authenticator
     authorizer: Authorizer
     limits: TeamLimits
+    in_flight: InFlight
     scopes: ScopeAuthorizer
     key_requests: Mapping[str, Counter]
     """key_id -> its labelled counter, made here so a request does no label lookup."""
@@ -72,6 +74,7 @@ def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = 
         authenticator=authenticator,
         authorizer=TeamSwitchAuthorizer(config.teams),
         limits=TeamLimits(config.teams, previous=previous.limits if previous else None),
+        in_flight=InFlight(config.teams, previous=previous.in_flight if previous else None),
         scopes=ScopeAuthorizer({t.name: t.scope for t in config.teams}),
         key_requests=key_requests,
         key_metric=metrics.key_requests,
