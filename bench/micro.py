@@ -56,7 +56,7 @@ async def per_await_us(
 def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
     """(name, microseconds per request, note) of the in-process CPU work."""
     from gateway import audit_chain, keys, logs, mapping
-    from gateway.app import Exchange, Gateway, framing_problem, pick_request_id
+    from gateway.app import Cancellation, Gateway, framing_problem, pick_request_id
     from gateway.auth import TeamKeyAuthenticator
     from gateway.config import TeamConfig
     from gateway.metrics import Metrics
@@ -68,14 +68,14 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
                (b"content-length", b"0")]
     auth = TeamKeyAuthenticator([team])
     principal = auth.authenticate(headers)
-    scope = {"client": ("127.0.0.1", 50000)}
-    exchange = Exchange(request_id=pick_request_id(headers))
-    started = time.perf_counter()
+    cancel = Cancellation(request_id=pick_request_id(headers),
+                          invocation_id="0b8f1d6e-5a3c-4e2b-9f7a-1c2d3e4f5a6b",
+                          client="127.0.0.1", started=time.perf_counter(), principal=principal,
+                          upstream_status=202, forwarded=True, tries=1, attempts=1)
 
     def record(event: str = "cancel.result") -> dict[str, Any]:
         return Gateway._record(  # type: ignore[arg-type]  # uses no instance state
-            None, event, exchange, "0b8f1d6e-5a3c-4e2b-9f7a-1c2d3e4f5a6b", principal, scope,
-            outcome="cancelled", status=202, upstream_status=202, error=None, started=started)
+            None, event, cancel, outcome="cancelled", status=202, error=None)
 
     body = record()
     results: list[tuple[str, float, str]] = []
@@ -125,7 +125,7 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
 
     log = structlog.get_logger("gateway")
     results.append(("access log line (structlog JSON + write)", per_call_us(
-        lambda: log.info("access", request_id=exchange.request_id, method="PUT",
+        lambda: log.info("access", request_id=cancel.request_id, method="PUT",
                          route="/api/v1/invocations/{invocation_id}", status=202,
                          duration_ms=1.234, team="bench"), n), "1 call"))
     return results
@@ -207,7 +207,7 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
 
         out.append(("aiohttp ClientSession alone", *await per_await_us(plain_aiohttp, n)))
 
-    for transport in ("aiohttp", "httpx"):
+    for transport in ("native", "aiohttp", "httpx"):
         config = UpstreamConfig(base_url=url, token_env="UNUSED")  # noqa: S106
         client = UpstreamClient(config, transport=transport)  # type: ignore[arg-type]
 
@@ -218,8 +218,9 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
                                          request_id="r" * 36)
             assert answer.status == 202, answer.status
 
-        label = ("gateway UpstreamClient, httpx over aiohttp" if transport == "aiohttp"
-                 else "gateway UpstreamClient, httpx native (httpcore)")
+        label = {"native": "gateway UpstreamClient, httpx over gateway.transport (native)",
+                 "aiohttp": "gateway UpstreamClient, httpx over aiohttp",
+                 "httpx": "gateway UpstreamClient, httpx's own transport (httpcore)"}[transport]
         out.append((label, *await per_await_us(gateway_client, n)))
         await client.aclose()
     return out

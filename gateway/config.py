@@ -27,7 +27,7 @@ STORED_KEY_RE = re.compile(r"sha256:[0-9a-f]{64}")
 TEAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-Transport = Literal["aiohttp", "httpx"]
+Transport = Literal["native", "aiohttp", "httpx"]
 BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Kubernetes names: a namespace is a DNS-1123 label, a service account a DNS-1123 subdomain.
 SERVICE_ACCOUNT_RE = re.compile(
@@ -295,9 +295,9 @@ class _Parser:
         )
 
     def transport(self, key: str, value: object) -> Transport:
-        if value == "aiohttp" or value == "httpx":
+        if value == "native" or value == "aiohttp" or value == "httpx":
             return value
-        raise self.fail(key, f'must be "aiohttp" or "httpx", got {_shown(value)}')
+        raise self.fail(key, f'must be "native", "aiohttp" or "httpx", got {_shown(value)}')
 
     def env_name(self, key: str, value: object) -> str:
         text = self.string(key, value)

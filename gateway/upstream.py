@@ -25,6 +25,14 @@ from httpx_aiohttp import AiohttpTransport
 from gateway import __version__
 from gateway.config import Transport, UpstreamConfig
 from gateway.errors import UpstreamFailure
+from gateway.transport import (
+    ConnectFailed,
+    ConnectTimedOut,
+    MalformedResponse,
+    NativeTransport,
+    ResponseTooLarge,
+    UnsafeHeader,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 USER_AGENT = f"chroma-sync-gateway/{__version__}"
@@ -71,7 +79,11 @@ class UpstreamClient:
             keepalive_expiry=30.0,
         )
         self._transport: httpx.AsyncBaseTransport
-        if transport == "aiohttp":
+        if transport == "native":
+            self._transport = NativeTransport(
+                config.base_url, ssl_context=context, max_connections=config.max_connections,
+                max_body=MAX_BODY_BYTES)
+        elif transport == "aiohttp":
             self._transport = AiohttpTransport(client=lambda: _aiohttp_session(config, context))
         else:
             self._transport = httpx.AsyncHTTPTransport(verify=context, limits=limits,
@@ -141,6 +153,9 @@ class UpstreamClient:
         except UpstreamFailure:
             self._report(True)
             raise
+        except ResponseTooLarge as exc:
+            self._report(True)
+            raise UpstreamFailure("Chroma Sync sent a response body over 64 KiB") from exc
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
             self._report(True)
             failure = UpstreamFailure(
@@ -201,14 +216,18 @@ def _aiohttp_session(config: UpstreamConfig, context: ssl.SSLContext) -> aiohttp
 def _never_sent(exc: BaseException) -> bool:
     """Whether the request certainly never left: the connection was never made.
 
-    httpx-aiohttp maps most aiohttp connection errors (a dropped kept-alive connection
-    included) to `httpx.ConnectTimeout`, so aiohttp's own exception, the cause, decides.
+    The native transport says so itself: only its `never_sent` errors (a connection never
+    made, a header refused) were raised before the first byte was written. httpx-aiohttp maps
+    most aiohttp connection errors (a dropped kept-alive connection included) to
+    `httpx.ConnectTimeout`, so aiohttp's own exception, the cause, decides.
     """
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None:
         chain.append(current)
         current = current.__cause__
+    if isinstance(exc, ConnectFailed | ConnectTimedOut | UnsafeHeader):
+        return True
     if any(isinstance(e, aiohttp.ClientError) for e in chain):
         return any(
             isinstance(e, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
@@ -228,6 +247,8 @@ def _kind(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, ConnectionResetError) or "reset" in str(exc).lower():
         return "connection reset"
+    if isinstance(exc, MalformedResponse):
+        return "malformed response"
     if isinstance(exc, aiohttp.ServerDisconnectedError | httpx.RemoteProtocolError):
         return "connection closed or malformed response"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):

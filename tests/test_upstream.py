@@ -23,7 +23,7 @@ TOKEN = "unit-upstream-token-0123456789abcdef"
 INVOCATION = "3f2a1c9e-8b7d-4e6f-9a1b-2c3d4e5f6a7b"
 ALLOWED_HEADERS = {"host", "x-chroma-token", "x-request-id", "accept", "user-agent",
                    "content-length"}
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("native", "aiohttp", "httpx")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -175,12 +175,13 @@ def test_client_connection_refused_is_upstream_unavailable(transport: str) -> No
 
         failure = asyncio.run(main())
     assert (failure.status, failure.code) == (502, "upstream_unavailable")
-    if transport == "aiohttp":
+    if transport != "httpx":
         assert "connection refused" in failure.message
+        assert failure.sent is False
     assert TOKEN not in failure.message
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_connect_timeout_bounds_a_connect_that_never_completes(transport: str) -> None:
     # A listener that never accepts, with its backlog already full: the kernel drops further
     # SYNs, so a connect hangs exactly like one to a black-holed address.
