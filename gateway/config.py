@@ -52,7 +52,7 @@ class UpstreamConfig:
     connect_timeout: float = 2.0
     timeout: float = 10.0
     max_connections: int = 100
-    transport: Transport = "aiohttp"
+    transport: Transport = "native"
     lookup_cache: int = 10_000  # job contexts kept, least recently used out
     retries: int = 2  # PUTs after the first, when safe
     deadline: float = 15.0  # seconds from arrival for every PUT of one cancel

@@ -291,8 +291,9 @@ class NativeTransport(httpx.AsyncBaseTransport):
                     lambda: _Connection(self._max_body), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
                 )
-        except TimeoutError as exc:
-            raise ConnectTimedOut("timed out connecting to the upstream") from exc
+        except TimeoutError:
+            # Not chained: asyncio's TimeoutError wraps a CancelledError, which says nothing.
+            raise ConnectTimedOut("timed out connecting to the upstream") from None
         except (OSError, ssl.CertificateError) as exc:  # ssl.SSLError is an OSError
             raise ConnectFailed("could not connect to the upstream") from exc
         self.connections_made += 1

@@ -115,7 +115,7 @@ def test_example_config_loads_with_config_load() -> None:
     cfg = config.load(str(EXAMPLE))
     assert cfg.source == str(EXAMPLE)
     assert cfg.upstream.token_file and cfg.upstream.token_env is None
-    assert cfg.upstream.transport == "aiohttp"
+    assert cfg.upstream.transport == "native"
     assert [t.name for t in cfg.teams] == ["billing"]
 
 
@@ -198,7 +198,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert up.base_url == "https://sync.trychroma.com"
     assert (up.token_file, up.token_env, up.ca_file) == (None, "CHROMA_SYNC_TOKEN", None)
     assert (up.connect_timeout, up.timeout) == (2.0, 10.0)
-    assert (up.max_connections, up.transport) == (100, "aiohttp")
+    assert (up.max_connections, up.transport) == (100, "native")
     assert cfg.audit == config.AuditConfig(
         path="audit.jsonl", fsync=True, hmac_key_file=None, checkpoint_every=1000,
         checkpoint_seconds=300.0, stdout=False, max_bytes=None,
@@ -219,8 +219,10 @@ def test_integer_seconds_are_accepted_as_floats(tmp_path: Path) -> None:
     assert cfg.upstream.timeout == 3.0 and isinstance(cfg.upstream.timeout, float)
 
 
-def test_transport_httpx_is_accepted(tmp_path: Path) -> None:
-    assert load_ok(tmp_path, changed("upstream", transport="httpx")).upstream.transport == "httpx"
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
+def test_each_transport_is_accepted(tmp_path: Path, transport: str) -> None:
+    loaded = load_ok(tmp_path, changed("upstream", transport=transport))
+    assert loaded.upstream.transport == transport
 
 
 def test_team_keys_are_kept_as_a_tuple_in_order(tmp_path: Path) -> None:
@@ -300,8 +302,9 @@ def test_unknown_team_key_in_second_team_names_its_index(tmp_path: Path) -> None
         ("upstream", "token_file", 1, "must be a non-empty string, got 1"),
         ("upstream", "timeout", True, POSITIVE + "true"),
         ("upstream", "max_connections", 2.5, WHOLE + "1 to 10000, got 2.5"),
-        ("upstream", "transport", "requests", 'must be "aiohttp" or "httpx", got "requests"'),
-        ("upstream", "transport", 1, 'must be "aiohttp" or "httpx", got 1'),
+        ("upstream", "transport", "requests",
+         'must be "native", "aiohttp" or "httpx", got "requests"'),
+        ("upstream", "transport", 1, 'must be "native", "aiohttp" or "httpx", got 1'),
         ("audit", "path", 7, "must be a non-empty string, got 7"),
         ("audit", "path", "", 'must be a non-empty string, got ""'),
         ("audit", "fsync", "yes", 'must be true or false, got "yes"'),
