@@ -10,7 +10,8 @@ raw keep-alive sockets, pre-built requests, TCP_NODELAY, one request at a time p
 connection, N connections in parallel).
 
 Scenarios, each at 1 and 32 connections, after a warm-up: direct to the stand-in (the
-baseline), gateway with transport aiohttp and fsync=false, aiohttp and fsync=true, and httpx
+baseline), gateway with transport aiohttp and fsync=false, aiohttp and fsync=true (also for a
+scoped team, cache miss and cached), httpx and fsync=true, and native (`gateway.transport`)
 and fsync=true. Each measured phase stops at a request count or a duration, whichever comes
 first (full: 3000 requests / 5 s; --quick: 300 / 1 s). Teams' rate limits are set far above
 reach; any answer other than 202 is reported, and makes the exit status 1 (the figures of
@@ -78,6 +79,7 @@ GATEWAYS = (
     GatewaySetup("scoped, cache miss, fsync=true", "aiohttp", True, ("database:bench",), 0),
     GatewaySetup("scoped, cached, fsync=true", "aiohttp", True, ("database:bench",)),
     GatewaySetup("gateway httpx fsync=true", "httpx", True),
+    GatewaySetup("gateway native fsync=true", "native", True),
 )
 DIRECT = "direct to stand-in"
 CANCEL_ROUTE = 'route="/api/v1/invocations/{invocation_id}"'
@@ -197,28 +199,29 @@ def verify_audit(path: Path) -> str:
 
 
 def cprofile_gateway(
-    upstream_url: str, folder: Path, ids: list[str], settings: Settings,
+    upstream_url: str, folder: Path, ids: list[str], settings: Settings, transport: str,
 ) -> dict[str, Any] | None:
-    """The gateway under cProfile (fsync=true, aiohttp) serving 1 connection."""
+    """The gateway under cProfile (fsync=true) serving 1 connection."""
     stats = folder / "gateway.pstats"
-    with procs.gateway_process(folder, upstream_url, fsync=True, transport="aiohttp",
+    with procs.gateway_process(folder, upstream_url, fsync=True, transport=transport,
                                prefix=["-m", "cProfile", "-o", str(stats)]) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         load = Settings(settings.warmup, settings.count, settings.seconds,
                         settings.fsync_iterations, settings.profile_seconds)
-        row = measure("cProfiled gateway aiohttp fsync=true", gw.port, requests, 1, load)
+        row = measure(f"cProfiled gateway {transport} fsync=true", gw.port, requests, 1, load)
     if not stats.exists():
         print("  (cProfile wrote no statistics)")
         return None
     summary = pyspy.cprofile_summary(stats, row.requests + settings.warmup)
     summary["load"] = {"requests": row.requests, "rps": round(row.rps, 1),
-                       "p50_ms": round(row.p50, 3)}
+                       "p50_ms": round(row.p50, 3), "transport": transport}
     return summary
 
 
 def print_cprofile(summary: dict[str, Any]) -> None:
     load = summary["load"]
-    print(f"\ncProfile of the gateway at 1 connection, fsync=true, aiohttp: {load['requests']} "
+    print(f"\ncProfile of the gateway at 1 connection, fsync=true, {load['transport']}: "
+          f"{load['requests']} "
           f"requests, {load['rps']:.0f} req/s, p50 {load['p50_ms']:.3f} ms under the profiler "
           f"(functions called at least once per 2 requests; us = microseconds per request)")
     print(f"  {'calls/req':>9} {'own us':>7} {'incl us':>8}  function (own time, top)")
@@ -231,12 +234,12 @@ def print_cprofile(summary: dict[str, Any]) -> None:
 
 
 def profile_gateway(
-    upstream_url: str, folder: Path, ids: list[str], settings: Settings,
+    upstream_url: str, folder: Path, ids: list[str], settings: Settings, transport: str,
 ) -> dict[str, Any] | None:
     if not pyspy.available():
         print("  (--profile: py-spy is not installed; `pip install py-spy` to enable)")
         return None
-    with procs.gateway_process(folder, upstream_url, fsync=True, transport="aiohttp") as gw:
+    with procs.gateway_process(folder, upstream_url, fsync=True, transport=transport) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         holder: dict[str, pyspy.Sampler] = {}
 
@@ -248,14 +251,14 @@ def profile_gateway(
         # Load for a little less than the sampling window, so every sample sees load.
         load = Settings(settings.warmup, 10**6, settings.profile_seconds - 1.5,
                         settings.fsync_iterations, settings.profile_seconds)
-        row = measure("profiled gateway aiohttp fsync=true", gw.port, requests, 1, load,
+        row = measure(f"profiled gateway {transport} fsync=true", gw.port, requests, 1, load,
                       start_sampler)
         result = holder["sampler"].finish()
     if result is None:
         return None
     summary = result.as_dict()
     summary["load"] = {"requests": row.requests, "rps": round(row.rps, 1),
-                       "p50_ms": round(row.p50, 3)}
+                       "p50_ms": round(row.p50, 3), "transport": transport}
     return summary
 
 
@@ -292,10 +295,11 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lo, hi = min(CONNECTIONS), max(CONNECTIONS)
     direct = find(rows, DIRECT, lo)
-    nofsync, fsync, miss, cached, httpx = (setup.label for setup in GATEWAYS)
+    nofsync, fsync, miss, cached, httpx, native = (setup.label for setup in GATEWAYS)
     nofsync1, fsync1, httpx1 = find(rows, nofsync, lo), find(rows, fsync, lo), find(rows, httpx, lo)
     nofsync32, fsync32 = find(rows, nofsync, hi), find(rows, fsync, hi)
     httpx32 = find(rows, httpx, hi)
+    native1, native32 = find(rows, native, lo), find(rows, native, hi)
     for name in (miss, cached):
         scoped1, scoped32 = find(rows, name, lo), find(rows, name, hi)
         if fsync1 and scoped1 and fsync32 and scoped32:
@@ -327,6 +331,12 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
             f"({fsync1.p50 - httpx1.p50:+.3f} ms for aiohttp); upstream exchange mean "
             f"{fsync1.upstream_ms or float('nan'):.3f} vs {httpx1.upstream_ms or float('nan'):.3f}"
             f" ms")
+    if fsync1 and native1 and fsync32 and native32:
+        lines.append(
+            f"native vs aiohttp transport (fsync=true): {hi} connections {native32.rps:.0f} vs "
+            f"{fsync32.rps:.0f} req/s; 1 connection p50 {native1.p50:.3f} vs {fsync1.p50:.3f} ms"
+            f"; gateway CPU per request {native1.gateway_cpu_ms or float('nan'):.3f} vs "
+            f"{fsync1.gateway_cpu_ms or float('nan'):.3f} ms")
     raw = notes.get("raw_fsync_ms")
     if raw:
         lines.append(
@@ -358,7 +368,7 @@ def fsync_p50(notes: dict[str, Any]) -> float:
 
 def print_profile(summary: dict[str, Any]) -> None:
     load = summary["load"]
-    print(f"\nprofile of the gateway at 1 connection, fsync=true, aiohttp (py-spy, "
+    print(f"\nprofile of the gateway at 1 connection, fsync=true, {load['transport']} (py-spy, "
           f"{summary['rate_hz']} Hz, {summary['seconds']:.0f} s, on-CPU samples only): "
           f"{load['requests']} requests, {load['rps']:.0f} req/s, p50 {load['p50_ms']:.3f} ms; "
           f"gateway CPU busy {summary['cpu_busy_pct']}% of one core")
@@ -380,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", nargs="?", const="pyspy", choices=("pyspy", "cprofile"),
                         help="also profile the gateway at 1 connection: py-spy sampling "
                              "(the default) or cProfile")
+    parser.add_argument("--profile-transport", default="native",
+                        choices=("native", "aiohttp", "httpx"),
+                        help="the upstream transport of the profiled gateway (default native)")
     parser.add_argument("--workdir", metavar="DIR",
                         help="where configs and audit logs go (default: a new temp dir); "
                              "the raw fsync cost is measured there too")
@@ -416,10 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                                       notes)
             if args.profile == "pyspy":
                 profile_summary = profile_gateway(
-                    standin.base_url, workdir / "profile", ids, settings)
+                    standin.base_url, workdir / "profile", ids, settings, args.profile_transport)
             elif args.profile == "cprofile":
                 profile_summary = cprofile_gateway(
-                    standin.base_url, workdir / "profile", ids, settings)
+                    standin.base_url, workdir / "profile", ids, settings, args.profile_transport)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
