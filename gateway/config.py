@@ -74,12 +74,18 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class BulkConfig:
+    concurrency: int = 4  # cancels of one bulk cancel in flight at once
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     upstream: UpstreamConfig
     audit: AuditConfig
     teams: tuple[TeamConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
 
 def config_path(explicit: str | None) -> str:
@@ -193,7 +199,7 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         for name in data:
-            if name not in {"server", "upstream", "audit", "teams"}:
+            if name not in {"server", "upstream", "audit", "teams", "bulk"}:
                 raise self.fail(_key_name(name), "is not a known key")
         return Config(
             source=self.source,
@@ -201,6 +207,14 @@ class _Parser:
             upstream=self.upstream(data),
             audit=self.audit(data),
             teams=self.teams(data),
+            bulk=self.bulk(data),
+        )
+
+    def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
+        t = self.table(data, "bulk", {"concurrency"})
+        return BulkConfig(
+            concurrency=self.get(t, "bulk", "concurrency", lambda k, v: self.count(k, v, 1, 64),
+                                 BulkConfig.concurrency),
         )
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:

@@ -8,6 +8,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Generator
+from types import FrameType
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -118,9 +119,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 class GatewayServer(uvicorn.Server):
     """A uvicorn server that exits 0 after a graceful SIGTERM instead of re-raising it."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None,
+                 on_exit: Callable[[], None] | None = None):
         super().__init__(config)
         self._on_ready = on_ready
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None:
+            self._on_exit()  # long work in flight (a bulk cancel) starts nothing new
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -173,7 +181,7 @@ def serve(
         gateway, config, host or config.server.host,
         config.server.port if port is None else port,
     )
-    server = GatewayServer(uv)
+    server = GatewayServer(uv, on_exit=gateway.drain)
     if on_ready is not None:
         server._on_ready = lambda: on_ready(gateway, server)
     server.run()

@@ -78,6 +78,7 @@ def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> config.Config:
 KEY_LINE = re.compile(r"^(#\s*)?([a-z_]+)\s*=\s*(.*)$")
 SECTIONS = {
     "[server]": "server", "[upstream]": "upstream", "[audit]": "audit", "[[teams]]": "teams",
+    "[bulk]": "bulk",
 }
 
 
@@ -105,6 +106,7 @@ def accepted_keys() -> dict[str, set[str]]:
             ("upstream", config.UpstreamConfig),
             ("audit", config.AuditConfig),
             ("teams", config.TeamConfig),
+            ("bulk", config.BulkConfig),
         )
     }
 
