@@ -476,9 +476,13 @@ class StandIn:
             host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.ssl_context is not None else 'http'}://{host}:{self.port}"
 
-    def add_pending(self, invocation_id: str | None = None) -> str:
+    def add_pending(
+        self, invocation_id: str | None = None, *, database: str = "docs",
+        collection: str = "handbook", source_id: str | None = None, kind: str = "github",
+    ) -> str:
         """Register a pending invocation (a random UUID4 if none is given); return its id."""
-        return self.add_invocation(invocation_id, state="pending")
+        return self.add_invocation(invocation_id, state="pending", database=database,
+                                   collection=collection, source_id=source_id, kind=kind)
 
     def add_invocation(
         self, invocation_id: str | None = None, *, state: str, database: str = "docs",
