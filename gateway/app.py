@@ -27,20 +27,15 @@ from starlette.routing import Route
 
 from gateway import mapping
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
-from gateway.auth import (
-    Authenticator,
-    Authorizer,
-    Principal,
-    TeamKeyAuthenticator,
-    TeamSwitchAuthorizer,
-)
+from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
 from gateway.jobs import JobContext
 from gateway.limits import TeamLimits
 from gateway.lookup import JobLookup
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.scopes import ScopeAuthorizer
+from gateway.policy import Policy, build_policy
+from gateway.reload import Reloader
 from gateway.secrets import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,
@@ -128,10 +123,7 @@ class Gateway:
         audit: AuditLog,
         upstream: UpstreamClient,
         metrics: Metrics,
-        authenticator: Authenticator,
-        authorizer: Authorizer,
-        limits: TeamLimits,
-        scopes: ScopeAuthorizer | None = None,
+        policy: Policy,
         lookup: JobLookup | None = None,
         secrets: tuple[SecretSource, ...] = (),
     ) -> None:
@@ -140,10 +132,8 @@ class Gateway:
         self.audit = audit
         self.upstream = upstream
         self.metrics = metrics
-        self.authenticator = authenticator
-        self.authorizer = authorizer
-        self.limits = limits
-        self.scopes = scopes or ScopeAuthorizer({t.name: t.scope for t in config.teams})
+        # Swapped whole by a reload; a request reads it once, at its start.
+        self.policy = policy
         self.lookup = lookup or JobLookup(upstream, cache_size=config.upstream.lookup_cache)
         self._secrets = secrets or (token,)
         # Files re-read while running; other pieces (config, JWKS) register theirs here too.
@@ -152,6 +142,7 @@ class Gateway:
             if isinstance(source, FileSecret):
                 self.watcher.add(source.file, functools.partial(self._secret_changed, source))
         self._watcher: asyncio.Task[None] | None = None
+        self.reloader = Reloader(self)
         self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
         self.plain = Starlette(
             routes=[
@@ -184,11 +175,22 @@ class Gateway:
             audit=audit,
             upstream=UpstreamClient(up),
             metrics=metrics,
-            authenticator=TeamKeyAuthenticator(config.teams),
-            authorizer=TeamSwitchAuthorizer(config.teams),
-            limits=TeamLimits(config.teams),
+            policy=build_policy(config, metrics),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+
+    # Read-only views of the current policy, for code that handles no request.
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.policy.authenticator
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.policy.authorizer
+
+    @property
+    def limits(self) -> TeamLimits:
+        return self.policy.limits
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class Gateway:
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
+        self.reloader.start()
         self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
@@ -218,6 +221,7 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.reloader.stop()
         await self.audit.close()
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
@@ -320,23 +324,26 @@ class Gateway:
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
         failure: GatewayError | None = None
+        policy = self.policy  # once: a reload mid-request does not change its rules
         try:
-            principal = cancel.principal = self.authenticator.authenticate(headers)
+            principal = cancel.principal = policy.authenticator.authenticate(headers)
             exchange.team = principal.team
-            self.authorizer.authorize(principal)
+            policy.key_used(principal)
+            policy.authorizer.authorize(principal)
             if not well_formed:
                 raise RequestRejected(
                     "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
                     status=400, code="invalid_invocation_id", outcome="invalid_request",
                 )
             await _read_small_body(scope, headers, receive)
-            self._check_rate(principal.team)
+            self._check_rate(policy, principal.team)
             token = self._upstream_token()
-            if self.scopes.needs_lookup(principal.team) or self.config.audit.record_context:
+            scopes = policy.scopes
+            if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
                 cancel.context = await self._job_context(cancel.invocation_id, token,
                                                          cancel.request_id)
-                if self.scopes.needs_lookup(principal.team):
-                    self.scopes.authorize_job(principal.team, cancel.context)
+                if scopes.needs_lookup(principal.team):
+                    scopes.authorize_job(principal.team, cancel.context)
             reply = await self._forward_cancel(cancel, token)
             status, outcome, error = reply.status, reply.outcome, reply.error
             await _send(send, reply.status, reply.body,
@@ -365,8 +372,8 @@ class Gateway:
                 log.exception("cancel.answer_failed", request_id=cancel.request_id)
         await self._finish(cancel, status=status, outcome=outcome, error=error)
 
-    def _check_rate(self, team: str) -> None:
-        retry_after = self.limits.retry_after(team)
+    def _check_rate(self, policy: Policy, team: str) -> None:
+        retry_after = policy.limits.retry_after(team)
         if retry_after:
             raise RequestRejected(
                 "too many requests for this team; retry later", status=429,

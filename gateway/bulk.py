@@ -43,6 +43,7 @@ from gateway.audit import AuditUnavailable, utc_timestamp
 from gateway.auth import Principal
 from gateway.errors import GatewayError, RequestRejected, UpstreamFailure
 from gateway.jobs import Job, NotAJob, parse_job_list
+from gateway.scopes import ScopeAuthorizer
 from gateway.upstream import UpstreamClient
 
 if TYPE_CHECKING:
@@ -306,23 +307,26 @@ async def handle(
     error: str | None = "internal_error"
     failure: GatewayError | None = None
     close = False
+    policy = gateway.policy  # once: a reload mid-batch does not change its rules
     try:
-        principal = batch.principal = gateway.authenticator.authenticate(headers)
+        principal = batch.principal = policy.authenticator.authenticate(headers)
         exchange.team = principal.team
-        gateway.authorizer.authorize(principal)
+        policy.key_used(principal)
+        policy.authorizer.authorize(principal)
         check_content_type(headers)
         try:
             request = batch.request = parse_request(await read_body(headers, receive))
         except RequestRejected:
             close = True  # the body may be left unread: don't read the rest of it
             raise
-        gateway._check_rate(principal.team)
+        gateway._check_rate(policy, principal.team)
         token = gateway._upstream_token()
         await gateway.audit.write(batch.started_record(request), durable=False)
         listing = await _listing(gateway, request, token, batch.request_id)
         batch.matched, batch.truncated = len(listing.jobs), listing.truncated
         results = [None] * len(listing.jobs)
-        await _run(gateway, batch, principal, request, listing.jobs, token, results)
+        await _run(gateway, policy.scopes, batch, principal, request, listing.jobs, token,
+                   results)
         status, error = 200, None
         body = json.dumps({
             "batch_id": batch.batch_id, "dry_run": request.dry_run, "matched": batch.matched,
@@ -376,17 +380,17 @@ async def _listing(gateway: Gateway, request: BulkRequest, token: str, request_i
 
 
 async def _run(
-    gateway: Gateway, batch: Batch, principal: Principal, request: BulkRequest,
-    jobs: tuple[Job, ...], token: str, results: list[ItemResult | None],
+    gateway: Gateway, scopes: ScopeAuthorizer, batch: Batch, principal: Principal,
+    request: BulkRequest, jobs: tuple[Job, ...], token: str, results: list[ItemResult | None],
 ) -> None:
     """Every listed job, at most `bulk.concurrency` at once, `results` filled in place (so
     that what finished is known if the batch is cut off)."""
     queue = iter(enumerate(jobs))
-    restricted = gateway.scopes.needs_lookup(principal.team)
+    restricted = scopes.needs_lookup(principal.team)
 
     async def worker() -> None:
         for index, job in queue:  # one shared iterator: each job is taken once
-            refusal = _out_of_scope(gateway, principal, job) if restricted else None
+            refusal = _out_of_scope(scopes, principal, job) if restricted else None
             if refusal is None and not request.dry_run and gateway.draining:
                 # SIGTERM: what is in flight finishes, nothing new starts.
                 refusal = ItemResult(job.id, 503, "unavailable", "shutdown")
@@ -404,10 +408,10 @@ async def _run(
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-def _out_of_scope(gateway: Gateway, principal: Principal, job: Job) -> ItemResult | None:
+def _out_of_scope(scopes: ScopeAuthorizer, principal: Principal, job: Job) -> ItemResult | None:
     """The scope check of a single cancel, from the listed metadata (no lookup)."""
     try:
-        gateway.scopes.authorize_job(principal.team, job.context)
+        scopes.authorize_job(principal.team, job.context)
     except RequestRejected as exc:
         return ItemResult(job.id, exc.status, exc.outcome, exc.code)
     return None

@@ -61,5 +61,18 @@ class Metrics:
             "Times the upstream token file changed.", registry=r,
         )
 
+        self.key_requests = Counter(
+            "chroma_sync_gateway_key_requests",
+            "Authenticated requests by team and key_id, so an unused key can be retired.",
+            ["team", "key_id"], registry=r,
+        )
+        self.config_reloads = Counter(
+            "chroma_sync_gateway_config_reloads",
+            "Reloads of [[teams]] (SIGHUP or a changed config file), by result.",
+            ["result"], registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)  # both series exist from the start
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

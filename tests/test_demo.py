@@ -137,6 +137,7 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
     refused = parse_curl(demo.read_until("curl "))
     audit_line = demo.read_until("Audit log: ")
     audit_path = Path(audit_line.split("Audit log: ", 1)[1].strip())
+    hint = demo.read_until("verify it with: ").split("verify it with: ", 1)[1].strip()
     folder = audit_path.parent
 
     assert curl.method == "PUT"
@@ -155,9 +156,10 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
 
     assert audit_path.exists()
     wait_for_lines(audit_path, 5)  # two attempts, two results, one refusal
+    # The hint as printed, by a shell whose PATH lacks .venv/bin (as after `scripts/install`).
     verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(audit_path)],
-        capture_output=True, text=True, timeout=30, check=False,
+        ["/bin/sh", "-c", hint], capture_output=True, text=True, timeout=30, check=False,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith("ok: 5 records")
