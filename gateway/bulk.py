@@ -321,8 +321,13 @@ async def handle(
             raise
         gateway._check_rate(policy, principal.team)
         token = gateway._upstream_token()
-        await gateway.audit.write(batch.started_record(request), durable=False)
-        listing = await _listing(gateway, request, token, batch.request_id)
+        probe = gateway.breaker.admit()  # open: 503 `upstream_unavailable`, nothing listed
+        try:
+            await gateway.audit.write(batch.started_record(request), durable=False)
+            listing = await _listing(gateway, request, token, batch.request_id)
+        finally:
+            if probe:
+                gateway.breaker.end_probe()
         batch.matched, batch.truncated = len(listing.jobs), listing.truncated
         results = [None] * len(listing.jobs)
         await _run(gateway, policy.scopes, batch, principal, request, listing.jobs, token,
@@ -443,7 +448,10 @@ async def _cancel_one(
     cancel = _cancellation(batch, principal, index, job)
     status, outcome = 500, "upstream_error"
     error: str | None = "internal_error"
+    probe = False
     try:
+        # As for a single cancel: while the circuit is open, 503 and nothing is sent.
+        probe = gateway.breaker.admit()
         reply = await gateway._forward_cancel(cancel, token)
         status, outcome, error = reply.status, reply.outcome, reply.error
     except GatewayError as exc:  # 503 audit_unavailable included: then nothing was sent
@@ -457,5 +465,8 @@ async def _cancel_one(
         raise
     except Exception:
         log.exception("cancel.internal_error", request_id=cancel.request_id)
+    finally:
+        if probe:
+            gateway.breaker.end_probe()
     await gateway._finish(cancel, status=status, outcome=outcome, error=error)
     return ItemResult(job.id, status, outcome, error)

@@ -51,6 +51,10 @@ class UpstreamConfig:
     max_connections: int = 100
     transport: Transport = "aiohttp"
     lookup_cache: int = 10_000  # job contexts kept, least recently used out
+    retries: int = 2  # PUTs after the first, when safe
+    deadline: float = 15.0  # seconds from arrival for every PUT of one cancel
+    breaker_failures: int = 5  # consecutive failed exchanges that open the circuit
+    breaker_seconds: float = 10.0  # how long it stays open before a probe
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class TeamConfig:
     enabled: bool = True
     rate_limit: float = 50.0
     burst: int = 100
+    max_in_flight: int = 32  # concurrent cancels of the team
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,10 @@ class _Parser:
 
     def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
         allowed = {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"}
-        t = self.table(data, "upstream", allowed | {"max_connections", "transport", "lookup_cache"})
+        t = self.table(data, "upstream", allowed | {
+            "max_connections", "transport", "lookup_cache", "retries", "deadline",
+            "breaker_failures", "breaker_seconds",
+        })
         d = UpstreamConfig()
         token_file = self.get(t, "upstream", "token_file", self.string, None)
         token_env = self.get(t, "upstream", "token_env", self.env_name, None)
@@ -272,6 +280,15 @@ class _Parser:
                 t, "upstream", "lookup_cache", lambda k, v: self.count(k, v, 0, 10_000_000),
                 d.lookup_cache,
             ),
+            retries=self.get(
+                t, "upstream", "retries", lambda k, v: self.count(k, v, 0, 10), d.retries),
+            deadline=self.get(t, "upstream", "deadline", self.positive, d.deadline),
+            breaker_failures=self.get(
+                t, "upstream", "breaker_failures", lambda k, v: self.count(k, v, 1, 10**6),
+                d.breaker_failures,
+            ),
+            breaker_seconds=self.get(
+                t, "upstream", "breaker_seconds", self.positive, d.breaker_seconds),
         )
 
     def transport(self, key: str, value: object) -> Transport:
@@ -362,7 +379,8 @@ class _Parser:
             if not isinstance(entry, dict):
                 raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
             for name in entry:
-                if name not in {"name", "keys", "scope", "enabled", "rate_limit", "burst"}:
+                if name not in {"name", "keys", "scope", "enabled", "rate_limit", "burst",
+                                "max_in_flight"}:
                     raise self.fail(f"{prefix}.{_key_name(name)}", "is not a known key")
             if "name" not in entry:
                 raise self.fail(f"{prefix}.name", "is required")
@@ -389,6 +407,10 @@ class _Parser:
                     enabled=self.get(entry, prefix, "enabled", self.boolean, True),
                     rate_limit=rate,
                     burst=burst,
+                    max_in_flight=self.get(
+                        entry, prefix, "max_in_flight", lambda k, v: self.count(k, v, 1, 10**6),
+                        TeamConfig.max_in_flight,
+                    ),
                 )
             )
         return tuple(teams)

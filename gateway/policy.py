@@ -23,6 +23,7 @@ from gateway.auth import (
     TeamSwitchAuthorizer,
 )
 from gateway.config import Config, TeamConfig
+from gateway.inflight import InFlight
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
 from gateway.scopes import ScopeAuthorizer
@@ -34,6 +35,7 @@ class Policy:
     authenticator: Authenticator
     authorizer: Authorizer
     limits: TeamLimits
+    in_flight: InFlight
     scopes: ScopeAuthorizer
     key_requests: Mapping[str, Counter]
     """key_id -> its labelled counter, made here so a request does no label lookup."""
@@ -58,6 +60,7 @@ def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = 
         authenticator=TeamKeyAuthenticator(config.teams),
         authorizer=TeamSwitchAuthorizer(config.teams),
         limits=TeamLimits(config.teams, previous=previous.limits if previous else None),
+        in_flight=InFlight(config.teams, previous=previous.in_flight if previous else None),
         scopes=ScopeAuthorizer({t.name: t.scope for t in config.teams}),
         key_requests=key_requests,
         key_metric=metrics.key_requests,

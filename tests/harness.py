@@ -305,12 +305,20 @@ def _nothing_in_flight(records: list[dict[str, Any]]) -> bool:
     return attempted <= {r["request_id"] for r in records if r["event"] == "cancel.result"}
 
 
+# A gateway shared by many tests: one test's upstream failures must not open the circuit
+# breaker for the next.
+SHARED_UPSTREAM = {"breaker_failures": 1_000_000}
+
+
 @contextlib.contextmanager
-def running_servers(folder: Path) -> Iterator[Servers]:
+def running_servers(
+    folder: Path, *, upstream: Mapping[str, Any] | None = None
+) -> Iterator[Servers]:
     standin = StandIn(token=UPSTREAM_TOKEN)
     with standin.run_in_thread():
         port = free_port()
-        config = write_config(folder, upstream_url=standin.base_url, port=port)
+        config = write_config(folder, upstream_url=standin.base_url, port=port,
+                              upstream={**SHARED_UPSTREAM, **(upstream or {})})
         gateway = start_gateway(config, port=port)
         try:
             yield Servers(standin, gateway)

@@ -651,3 +651,26 @@ def test_an_audit_log_that_fills_up_mid_batch_stops_forwarding_but_not_the_batch
     [result] = [r for r in records if r["event"] == "batch.result"]
     assert result["counts"] == answer["counts"]
     assert_verify_ok(gateway.audit_path)
+
+
+def test_once_the_circuit_opens_the_rest_of_the_batch_is_not_sent(
+    gateway_factory: GatewayFactory, standin: StandIn,
+) -> None:
+    source = str(uuid.uuid4())
+    pending = seed(standin, 30, source=source)
+    gateway = gateway_factory(upstream={"breaker_failures": 5, "breaker_seconds": 60})
+    standin.behaviour = lambda r: (json_response(500, {"error": "E", "message": "down"})
+                                   if r.method == "PUT" else None)
+    answer = bulk(gateway, {"source_id": source}).json()
+    sent = puts(standin)
+    assert 5 <= len(sent) < 30 and set(sent.values()) == {1}  # a 500 is never retried
+    by_outcome = collections.defaultdict(set)
+    for result in answer["results"]:
+        by_outcome[(result["outcome"], result["error"])].add(result["invocation_id"])
+    assert by_outcome[("upstream_error", "upstream_error")] == set(sent)
+    assert by_outcome[("unavailable", "upstream_unavailable")] == set(pending) - set(sent)
+    # And a new batch is refused before it lists anything.
+    standin.requests.clear()
+    refused = bulk(gateway, {"source_id": source})
+    assert refused.status_code == 503 and refused.json()["error"] == "upstream_unavailable"
+    assert not standin.requests
