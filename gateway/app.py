@@ -180,7 +180,7 @@ class Gateway:
         if audit is None:
             audit = AuditLog(config.audit, mac_key=mac_key,
                              on_failure=metrics.audit_failures.inc)
-        return cls(
+        gateway = cls(
             config,
             token=token,
             audit=audit,
@@ -189,6 +189,9 @@ class Gateway:
             policy=build_policy(config, metrics),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+        for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
+            gateway.watcher.add(issuer.file, issuer.adopt)
+        return gateway
 
     # Read-only views of the current policy, for code that handles no request.
     @property

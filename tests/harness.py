@@ -52,15 +52,16 @@ def toml_value(value: Any) -> str:
 def render_toml(data: Mapping[str, Any]) -> str:
     lines: list[str] = []
     for section, table in data.items():
-        if section == "teams":
+        if isinstance(table, list):
             continue
         lines.append(f"[{section}]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None)
         lines.append("")
-    for team in data.get("teams", []):
-        lines.append("[[teams]]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in team.items())
-        lines.append("")
+    for section, tables in data.items():  # arrays of tables: [[teams]], [[issuers]]
+        for entry in tables if isinstance(tables, list) else ():
+            lines.append(f"[[{section}]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in entry.items())
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -87,6 +88,7 @@ def write_config(
     audit: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
     teams: list[dict[str, Any]] | None = None,
+    issuers: list[dict[str, Any]] | None = None,
     token: str | None = UPSTREAM_TOKEN,
 ) -> Path:
     """A config in `folder`; the token goes to `folder/token` unless `token` is None."""
@@ -105,6 +107,8 @@ def write_config(
         "audit": {"path": str(folder / "audit.jsonl"), "fsync": True, **(audit or {})},
         "teams": teams if teams is not None else default_teams(),
     }
+    if issuers:
+        data["issuers"] = issuers
     path = folder / "config.toml"
     path.write_text(render_toml(data))
     return path
