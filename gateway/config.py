@@ -86,6 +86,11 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class BulkConfig:
+    concurrency: int = 4  # cancels of one bulk cancel in flight at once
+
+
+@dataclass(frozen=True)
 class IssuerConfig:
     """A cluster whose projected service-account tokens (JWTs) are accepted."""
 
@@ -103,6 +108,7 @@ class Config:
     teams: tuple[TeamConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     issuers: tuple[IssuerConfig, ...] = ()
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
 
 def config_path(explicit: str | None) -> str:
@@ -222,7 +228,7 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         for name in data:
-            if name not in {"server", "upstream", "audit", "teams", "issuers"}:
+            if name not in {"server", "upstream", "audit", "teams", "issuers", "bulk"}:
                 raise self.fail(_key_name(name), "is not a known key")
         issuers = self.issuers(data)
         return Config(
@@ -232,6 +238,14 @@ class _Parser:
             audit=self.audit(data),
             teams=self.teams(data, has_issuers=bool(issuers)),
             issuers=issuers,
+            bulk=self.bulk(data),
+        )
+
+    def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
+        t = self.table(data, "bulk", {"concurrency"})
+        return BulkConfig(
+            concurrency=self.get(t, "bulk", "concurrency", lambda k, v: self.count(k, v, 1, 64),
+                                 BulkConfig.concurrency),
         )
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
