@@ -673,12 +673,14 @@ def tls_standin(tmp_path: Path) -> Iterator[tuple[StandIn, Path]]:
         yield server, ca_pem
 
 
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 def test_tls_upstream_with_ca_file_cancels(
-    gateway_factory: GatewayFactory, tls_standin: tuple[StandIn, Path]
+    gateway_factory: GatewayFactory, tls_standin: tuple[StandIn, Path], transport: str
 ) -> None:
     server, ca_pem = tls_standin
     assert server.base_url.startswith("https://localhost:")
-    gateway = gateway_factory(upstream_url=server.base_url, upstream={"ca_file": str(ca_pem)})
+    gateway = gateway_factory(upstream_url=server.base_url,
+                              upstream={"ca_file": str(ca_pem), "transport": transport})
     invocation, request_id = server.add_pending(), new_request_id()
 
     assert_json_answer(put(gateway, invocation, request_id), 202)
@@ -687,11 +689,13 @@ def test_tls_upstream_with_ca_file_cancels(
     assert_forwarded_once(server, invocation, request_id)
 
 
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 def test_tls_upstream_without_its_ca_is_502_and_nothing_cancelled(
-    gateway_factory: GatewayFactory, tls_standin: tuple[StandIn, Path]
+    gateway_factory: GatewayFactory, tls_standin: tuple[StandIn, Path], transport: str
 ) -> None:
     server, _ = tls_standin
-    gateway = gateway_factory(upstream_url=server.base_url, upstream={"retries": 0})
+    gateway = gateway_factory(upstream_url=server.base_url,
+                              upstream={"retries": 0, "transport": transport})
     invocation, request_id = server.add_pending(), new_request_id()
 
     message = assert_error(put(gateway, invocation, request_id), 502, "upstream_unavailable")

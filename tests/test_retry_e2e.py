@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway import keys
 from gateway.standin import (
@@ -172,10 +173,11 @@ def test_reset_after_taking_effect_is_reconciled_to_202(
     assert len(puts_of(standin, invocation)) == 1
 
 
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 def test_reset_before_taking_effect_is_looked_up_pending_and_retried(
-    gateway_factory: GatewayFactory, standin: StandIn
+    gateway_factory: GatewayFactory, standin: StandIn, transport: str
 ) -> None:
-    gateway = gateway_factory()
+    gateway = gateway_factory(upstream={"transport": transport})
     invocation = standin.add_pending()
     standin.script(invocation, [Reset()])
     on_disk = watch_attempts_on_disk(gateway, standin)
@@ -223,10 +225,12 @@ def test_ambiguous_try_whose_lookup_fails_keeps_the_original_504(
         "upstream_timeout", False, 1)
 
 
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 def test_refused_connections_are_retried_and_never_count_as_sent(
-    gateway_factory: GatewayFactory,
+    gateway_factory: GatewayFactory, transport: str,
 ) -> None:
-    gateway = gateway_factory(upstream_url=f"http://127.0.0.1:{free_port()}")
+    gateway = gateway_factory(upstream_url=f"http://127.0.0.1:{free_port()}",
+                              upstream={"transport": transport})
 
     response, request_id = cancel(gateway, str(uuid.uuid4()))
 
