@@ -240,6 +240,10 @@ class NativeTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
+        if request.method == "HEAD":
+            # A HEAD response's content-length describes a body that never comes; the parser
+            # here would wait for it. The gateway sends no HEAD.
+            raise httpx.UnsupportedProtocol("HEAD is not supported by this transport")
         if url.raw_scheme != self._scheme or url.host != self._host or (
                 (url.port or self._port) != self._port):
             raise httpx.UnsupportedProtocol("this transport serves one origin only")
@@ -264,14 +268,24 @@ class NativeTransport(httpx.AsyncBaseTransport):
                 self._open.discard(connection)
                 raise
             if connection.reusable:
-                connection.idle_since = time.monotonic()
-                self._idle.append(connection)
+                self._checkin(connection)
             else:
                 connection.abort()
                 self._open.discard(connection)
             return httpx.Response(connection.status, headers=connection.headers,
                                   stream=_Body(content),
                                   extensions={"http_version": b"HTTP/1.1"})
+
+    def _checkin(self, connection: _Connection) -> None:
+        now = connection.idle_since = time.monotonic()
+        idle = self._idle
+        # The oldest are at the bottom, where LIFO checkouts rarely reach: close the expired
+        # ones here, so a quiet pool does not hold sockets the server still keeps open.
+        while idle and now - idle[0].idle_since >= self._idle_seconds:
+            expired = idle.pop(0)
+            expired.abort()
+            self._open.discard(expired)
+        idle.append(connection)
 
     async def _checkout(self, connect_timeout: float | None) -> _Connection:
         now = time.monotonic()

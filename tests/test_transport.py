@@ -465,3 +465,21 @@ def test_tls_with_an_untrusted_certificate_is_never_sent(ca: trustme.CA) -> None
     assert _never_sent(error)
     assert _kind(error) == "TLS verification failed"
     assert standin.requests == []
+
+
+def test_expired_idle_connections_are_closed_when_another_is_returned() -> None:
+    async def main() -> tuple[int, int, int]:
+        async with RawServer(lambda n: OK, delay=0.02) as server:
+            transport = transport_for(server.url, idle_seconds=0.3)
+            try:
+                await asyncio.gather(send(transport, server.url), send(transport, server.url))
+                for _ in range(2):  # the newest stays warm; the older one ages past 0.3 s
+                    await asyncio.sleep(0.2)
+                    await send(transport, server.url)
+                await asyncio.sleep(0.05)  # the server sees the close
+                return len(transport._idle), server.concurrent, transport.connections_made
+            finally:
+                await transport.aclose()
+
+    idle, server_side_open, made = asyncio.run(main())
+    assert (idle, server_side_open, made) == (1, 1, 2)
