@@ -69,6 +69,7 @@ _COMPONENTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("upstream: httpx_aiohttp adapter", ("httpx_aiohttp/",), ()),
     ("upstream: httpcore/h11/anyio", ("httpcore/", "h11/", "anyio/", "sniffio/"), ()),
     ("upstream: httpx client", ("httpx/",), ()),
+    ("upstream: gateway.transport (native)", ("gateway/transport.py",), ()),
     ("upstream: gateway.upstream + mapping", ("gateway/upstream.py", "gateway/mapping.py"), ()),
     ("auth: key hash + compare", ("gateway/auth.py", "gateway/keys.py"), ()),
     ("inbound HTTP (uvicorn + httptools)", ("uvicorn/", "httptools/"), ()),

@@ -12,8 +12,10 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway import upstream
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamFailure
 from gateway.standin import Action, Raw, Reset, Respond, Stall, StandIn, json_response
@@ -96,6 +98,21 @@ def test_client_url_is_base_url_plus_cancel_path_and_id() -> None:
         assert client.url_for(INVOCATION) == f"http://127.0.0.1:1/api/v1/invocations/{INVOCATION}"
     finally:
         asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:1", "https://sync.example.invalid",
+                                      "https://h.example.invalid:8443/some%20prefix"])
+def test_request_url_built_without_parsing_equals_the_parsed_one(base_url: str) -> None:
+    # The shortcut (see _with_path_tail) is on with the httpx this project installs.
+    assert upstream._FAST_URLS
+    client = UpstreamClient(UpstreamConfig(base_url=base_url, token_file="unused"))
+    made = client._url(INVOCATION)
+    assert isinstance(made, httpx.URL)
+    parsed = httpx.URL(client.url_for(INVOCATION))
+    assert (made, str(made), made.raw_path) == (parsed, str(parsed), parsed.raw_path)
+    # Anything but a canonical id is parsed as usual.
+    assert client._url(INVOCATION.upper()) == client.url_for(INVOCATION.upper())
+    asyncio.run(client.aclose())
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
