@@ -24,7 +24,7 @@ import httpx
 from gateway import audit_chain, keys
 from gateway.standin import Delay, ReceivedRequest, StandIn
 from tests.conftest import GatewayFactory
-from tests.harness import BILLING_KEY, RunningGateway
+from tests.harness import BILLING_KEY, RunningGateway, default_teams
 
 CANCEL_FIELDS = {
     "ts", "event", "request_id", "invocation_id", "team", "key_id", "client", "outcome",
@@ -188,8 +188,13 @@ def test_every_audit_field_is_present_with_the_right_type(
 
 
 def test_64_concurrent_cancels_leave_whole_lines_that_verify(
-    gateway: RunningGateway, standin: StandIn
+    gateway_factory: GatewayFactory, standin: StandIn
 ) -> None:
+    # All 64 may be in flight at once: the team's in-flight bound (32 by default) must not
+    # turn some into 429s, whose timing would decide the outcome.
+    teams = default_teams()
+    teams[0]["max_in_flight"] = 64
+    gateway = gateway_factory(teams=teams)
     statuses = cancel_in_threads(gateway, standin, threads=64, per_thread=1)
     assert statuses == [202] * 64
     records = gateway.wait_for_records(
