@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import mapping
+from gateway import logs, mapping
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import (
     Authenticator,
@@ -44,6 +44,7 @@ from gateway.secrets import (
     fingerprint,
     upstream_token_source,
 )
+from gateway.suppression import DeniedSuppression
 from gateway.upstream import UpstreamClient
 
 Scope = MutableMapping[str, Any]
@@ -61,6 +62,8 @@ UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX 
 REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
 SECRET_POLL_SECONDS = 0.5
+# Set in the scope by the protocol when the body did not arrive within server.header_timeout.
+TIMED_OUT = "gateway.timed_out"
 
 
 class ClientGone(Exception):
@@ -99,6 +102,19 @@ def framing_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def host_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one Host (others at most one)."""
+    hosts = 0
+    for name, _ in headers:
+        if name == b"host":
+            hosts += 1
+    if hosts > 1:
+        return "more than one Host header"
+    if not hosts and http_version == "1.1":
+        return "an HTTP/1.1 request without a Host header"
+    return None
+
+
 class Gateway:
     def __init__(
         self,
@@ -123,6 +139,11 @@ class Gateway:
         self.limits = limits
         self._watched = watched or (token,)
         self._watcher: asyncio.Task[None] | None = None
+        self.denied = DeniedSuppression(
+            config.audit.denied_per_second, write=audit.write_later,
+            on_suppressed=metrics.audit_suppressed.inc,
+        )
+        self._sweeper: asyncio.TimerHandle | None = None
         self.plain = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -146,8 +167,10 @@ class Gateway:
             else None
         )
         if audit is None:
-            audit = AuditLog(config.audit, mac_key=mac_key,
-                             on_failure=metrics.audit_failures.inc)
+            audit = AuditLog(config.audit, mac_key=mac_key, token=token,
+                             on_failure=metrics.audit_failures.inc,
+                             on_stdout_drop=metrics.audit_stdout_dropped.inc)
+        logs.count_dropped_lines(metrics.log_lines_dropped.inc)
         return cls(
             config,
             token=token,
@@ -177,6 +200,7 @@ class Gateway:
         self._update_gauges()
         await self.audit.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_secrets())
+        self._sweep_denied()
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
             audit_path=self.audit.path, teams=len(self.config.teams),
@@ -188,6 +212,9 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.denied.sweep(everything=True)
         await self.audit.close()
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
@@ -199,6 +226,11 @@ class Gateway:
                 if source.refresh():
                     self._report_secret(source, initial=False)
             self._update_gauges()
+
+    def _sweep_denied(self) -> None:
+        """Once a second: write the `audit.suppressed` summaries of seconds gone by."""
+        self.denied.sweep()
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep_denied)
 
     def _report_secret(self, source: SecretSource, *, initial: bool) -> None:
         name = source.what.lower().replace(" ", "_")
@@ -237,11 +269,13 @@ class Gateway:
         try:
             problem = framing_problem(headers)
             if problem is not None:
+                problem = f"ambiguous message framing: {problem}"
+            else:
+                problem = host_problem(scope["http_version"], headers)
+            if problem is not None:
                 exchange.route = "framing"
                 await self._send_error(
-                    send_with_id,
-                    RequestRejected(f"ambiguous message framing: {problem}", status=400,
-                                    code="bad_request"),
+                    send_with_id, RequestRejected(problem, status=400, code="bad_request"),
                     close=True,
                 )
             elif rest is not None and b"/" not in rest:
@@ -315,6 +349,8 @@ class Gateway:
                         [(k.encode(), v.encode()) for k, v in reply.headers.items()])
         except ClientGone:
             status, outcome, error = 499, "invalid_request", "client_disconnected"
+            if scope.get(TIMED_OUT):  # the protocol answered 408 and closed
+                status, error = 408, "request_timeout"
         except GatewayError as exc:
             upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
@@ -341,8 +377,9 @@ class Gateway:
             "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
             status=status, upstream_status=upstream_status, error=error, started=started,
         )
-        with contextlib.suppress(AuditUnavailable):
-            await self.audit.write(result, retain=True, durable=False)
+        if self.denied.admit(result, authenticated=principal is not None):
+            with contextlib.suppress(AuditUnavailable):
+                await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
 
     async def _forward(

@@ -36,6 +36,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     grace_period: float = 10.0
+    header_timeout: float = 5.0  # seconds for a request head (and a cancel's body) to arrive
+    keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
+    max_connections: int = 1000  # open connections; past that, 503 `overloaded` and closed
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class AuditConfig:
     stdout: bool = False
     max_bytes: int | None = None
     record_context: bool = False  # look up every cancel, so every record names what it touched
+    denied_per_second: int = 20  # result records a second per client for unauthenticated refusals
 
 
 @dataclass(frozen=True)
@@ -195,21 +199,37 @@ class _Parser:
         for name in data:
             if name not in {"server", "upstream", "audit", "teams"}:
                 raise self.fail(_key_name(name), "is not a known key")
-        return Config(
+        config = Config(
             source=self.source,
             server=self.server(data),
             upstream=self.upstream(data),
             audit=self.audit(data),
             teams=self.teams(data),
         )
+        if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
+            # Auditors get the HMAC key; they must never get the Chroma token with it.
+            raise self.fail("audit.hmac_key_file", "must not be the upstream token file "
+                            "(upstream.token_file)")
+        return config
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
-        t = self.table(data, "server", {"host", "port", "grace_period"})
+        t = self.table(data, "server", {
+            "host", "port", "grace_period", "header_timeout", "keepalive_timeout",
+            "max_connections",
+        })
         d = ServerConfig()
         return ServerConfig(
             host=self.get(t, "server", "host", self.string, d.host),
             port=self.get(t, "server", "port", lambda k, v: self.count(k, v, 0, 65535), d.port),
             grace_period=self.get(t, "server", "grace_period", self.positive, d.grace_period),
+            header_timeout=self.get(
+                t, "server", "header_timeout", self.positive, d.header_timeout),
+            keepalive_timeout=self.get(
+                t, "server", "keepalive_timeout", self.positive, d.keepalive_timeout),
+            max_connections=self.get(
+                t, "server", "max_connections", lambda k, v: self.count(k, v, 1, 1_000_000),
+                d.max_connections,
+            ),
         )
 
     def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
@@ -287,7 +307,7 @@ class _Parser:
     def audit(self, data: Mapping[str, Any]) -> AuditConfig:
         allowed = {
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
-            "stdout", "max_bytes", "record_context",
+            "stdout", "max_bytes", "record_context", "denied_per_second",
         }
         t = self.table(data, "audit", allowed)
         if "path" not in t:
@@ -311,6 +331,10 @@ class _Parser:
             max_bytes=max_bytes,
             record_context=self.get(t, "audit", "record_context", self.boolean,
                                     d.record_context),
+            denied_per_second=self.get(
+                t, "audit", "denied_per_second", lambda k, v: self.count(k, v, 1, 10**6),
+                d.denied_per_second,
+            ),
         )
 
     def teams(self, data: Mapping[str, Any]) -> tuple[TeamConfig, ...]:
@@ -392,6 +416,18 @@ class _Parser:
             seen.add(item)
             keys.append(item)
         return tuple(keys)
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """The same path as written, resolved, or (when both exist) the same inode."""
+    if not a or not b:
+        return False
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:
