@@ -79,17 +79,18 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 @contextlib.contextmanager
 def gateway_process(
     folder: Path, upstream_url: str, *, fsync: bool, transport: str,
-    prefix: list[str] | None = None,
+    prefix: list[str] | None = None, scope: list[str] | None = None, lookup_cache: int = 10_000,
 ) -> Iterator[RunningGateway]:
     """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_config(
         folder, upstream_url=upstream_url, port=port, token=UPSTREAM_TOKEN,
-        upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0},
+        upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0,
+                  "lookup_cache": lookup_cache},
         audit={"fsync": fsync},
         # Limits far above anything the benchmark can reach: no 429s.
-        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)], "scope": ["*"],
+        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)], "scope": scope or ["*"],
                 "rate_limit": 1e9, "burst": 10**9}],
     )
     if prefix:

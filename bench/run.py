@@ -61,11 +61,23 @@ FULL = Settings(warmup=200, count=3000, seconds=5.0, fsync_iterations=200, profi
 QUICK = Settings(warmup=50, count=300, seconds=1.0, fsync_iterations=50, profile_seconds=3.0)
 
 CONNECTIONS = (1, 32)
+@dataclass(frozen=True)
+class GatewaySetup:
+    label: str
+    transport: str
+    fsync: bool
+    scope: tuple[str, ...] = ("*",)
+    lookup_cache: int = 10_000
+
+
+# A scoped team's cancel costs one get_job round trip on a cache miss (lookup_cache = 0 makes
+# every request a miss) and nothing upstream on a hit (the 256 ids repeat).
 GATEWAYS = (
-    # (label, transport, fsync)
-    ("gateway aiohttp fsync=false", "aiohttp", False),
-    ("gateway aiohttp fsync=true", "aiohttp", True),
-    ("gateway httpx fsync=true", "httpx", True),
+    GatewaySetup("gateway aiohttp fsync=false", "aiohttp", False),
+    GatewaySetup("gateway aiohttp fsync=true", "aiohttp", True),
+    GatewaySetup("scoped, cache miss, fsync=true", "aiohttp", True, ("database:bench",), 0),
+    GatewaySetup("scoped, cached, fsync=true", "aiohttp", True, ("database:bench",)),
+    GatewaySetup("gateway httpx fsync=true", "httpx", True),
 )
 DIRECT = "direct to stand-in"
 CANCEL_ROUTE = 'route="/api/v1/invocations/{invocation_id}"'
@@ -129,15 +141,17 @@ def measure(
 
 
 def run_gateway_scenarios(
-    label: str, transport: str, fsync: bool, standin: procs.StandInProcess, folder: Path,
+    setup: GatewaySetup, standin: procs.StandInProcess, folder: Path,
     ids: list[str], settings: Settings, rows: list[Row], notes: dict[str, Any],
 ) -> None:
-    with procs.gateway_process(folder, standin.base_url, fsync=fsync,
-                               transport=transport) as gw:
+    label, transport, fsync = setup.label, setup.transport, setup.fsync
+    with procs.gateway_process(folder, standin.base_url, fsync=fsync, transport=transport,
+                               scope=list(setup.scope),
+                               lookup_cache=setup.lookup_cache) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         for connections in CONNECTIONS:
             state: dict[str, Any] = {}
-            watch_group_commit = fsync and transport == "aiohttp"
+            watch_group_commit = label == "gateway aiohttp fsync=true"
 
             def between(state: dict[str, Any] = state, watch: bool = watch_group_commit) -> None:
                 state["metrics"] = procs.scrape(gw.port)
@@ -168,7 +182,7 @@ def run_gateway_scenarios(
                     "audit_records_per_s": round(records / row.seconds, 1),
                 })
             rows.append(row)
-        if fsync and transport == "aiohttp":
+        if label == "gateway aiohttp fsync=true":
             notes["audit_verify"] = verify_audit(gw.audit_path)
 
 
@@ -278,12 +292,17 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lo, hi = min(CONNECTIONS), max(CONNECTIONS)
     direct = find(rows, DIRECT, lo)
-    nofsync1 = find(rows, GATEWAYS[0][0], lo)
-    fsync1 = find(rows, GATEWAYS[1][0], lo)
-    httpx1 = find(rows, GATEWAYS[2][0], lo)
-    nofsync32 = find(rows, GATEWAYS[0][0], hi)
-    fsync32 = find(rows, GATEWAYS[1][0], hi)
-    httpx32 = find(rows, GATEWAYS[2][0], hi)
+    nofsync, fsync, miss, cached, httpx = (setup.label for setup in GATEWAYS)
+    nofsync1, fsync1, httpx1 = find(rows, nofsync, lo), find(rows, fsync, lo), find(rows, httpx, lo)
+    nofsync32, fsync32 = find(rows, nofsync, hi), find(rows, fsync, hi)
+    httpx32 = find(rows, httpx, hi)
+    for name in (miss, cached):
+        scoped1, scoped32 = find(rows, name, lo), find(rows, name, hi)
+        if fsync1 and scoped1 and fsync32 and scoped32:
+            lines.append(
+                f"{name} vs unrestricted (fsync=true): 1 connection p50 {scoped1.p50:.3f} vs "
+                f"{fsync1.p50:.3f} ms ({scoped1.p50 - fsync1.p50:+.3f} ms); {hi} connections "
+                f"{scoped32.rps:.0f} vs {fsync32.rps:.0f} req/s")
     if direct and nofsync1 and fsync1:
         lines.append(
             f"gateway overhead at 1 connection = p50(gateway) - p50(direct) = "
@@ -391,11 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             for connections in CONNECTIONS:
                 rows.append(measure(DIRECT, standin.port, direct, connections, settings,
                                     standin_pid=standin.process.pid))
-            for label, transport, fsync in GATEWAYS:
-                run_gateway_scenarios(
-                    label, transport, fsync, standin,
-                    workdir / label.replace(" ", "-").replace("=", "-"), ids, settings, rows,
-                    notes)
+            for setup in GATEWAYS:
+                folder = "".join(c if c.isalnum() else "-" for c in setup.label)
+                run_gateway_scenarios(setup, standin, workdir / folder, ids, settings, rows,
+                                      notes)
             if args.profile == "pyspy":
                 profile_summary = profile_gateway(
                     standin.base_url, workdir / "profile", ids, settings)

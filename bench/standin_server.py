@@ -5,7 +5,8 @@
 Prints `port N` on stdout once listening, then serves until SIGTERM/SIGINT or until
 `--max-seconds` have passed (it always stops by itself). Every correctly authenticated
 `PUT /api/v1/invocations/<anything>` is answered 202 `{}`, so each benchmark request takes
-the full success path through the gateway (a real pending invocation cancels only once);
+the full success path through the gateway (a real pending invocation cancels only once), and
+every `GET /api/v1/invocations/<uuid>` (`get_job`) with a pending Job of database `bench`;
 `GET /bench/stats` answers `{"connections": N, "requests": M}`: connections accepted and
 requests seen so far (how many upstream connections a gateway opened during a run). Anything
 else falls through to the stand-in's normal Chroma-like answers.
@@ -35,12 +36,18 @@ def always_accept(token: str, standin: StandIn):  # type: ignore[no-untyped-def]
         if request.method == "GET" and request.target == "/bench/stats":
             return json_response(
                 200, {"connections": standin.connection_count, "requests": seen})
-        if (
-            request.method == "PUT"
-            and request.target.startswith(PREFIX)
-            and request.header_values("x-chroma-token") == [token]
-        ):
-            return ACCEPTED
+        if request.target.startswith(PREFIX) and request.header_values("x-chroma-token") == [
+            token
+        ]:
+            if request.method == "PUT":
+                return ACCEPTED
+            if request.method == "GET":
+                return json_response(200, {
+                    "id": request.target[len(PREFIX):], "source_id": None, "status": "pending",
+                    "created_at": "2026-11-20T09:14:03Z",
+                    "metadata": {"database_name": "bench", "collection_name": "load",
+                                 "web_scrape": {}},
+                })
         return None
 
     return behaviour

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import uuid
@@ -26,17 +27,15 @@ from starlette.routing import Route
 
 from gateway import logs, mapping
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
-from gateway.auth import (
-    Authenticator,
-    Authorizer,
-    Principal,
-    TeamKeyAuthenticator,
-    TeamSwitchAuthorizer,
-)
+from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
+from gateway.jobs import JobContext
 from gateway.limits import TeamLimits
+from gateway.lookup import JobLookup
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.policy import Policy, build_policy
+from gateway.reload import Reloader
 from gateway.secrets import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,
@@ -46,6 +45,7 @@ from gateway.secrets import (
 )
 from gateway.suppression import DeniedSuppression
 from gateway.upstream import UpstreamClient
+from gateway.watch import Watcher
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,13 +61,27 @@ UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX 
                      + rb"{12}")
 REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
-SECRET_POLL_SECONDS = 0.5
 # Set in the scope by the protocol when the body did not arrive within server.header_timeout.
 TIMED_OUT = "gateway.timed_out"
 
 
 class ClientGone(Exception):
     """The caller disconnected before its request was complete: nothing is forwarded."""
+
+
+@dataclass
+class Cancellation:
+    """One cancel as the audit trail sees it, from its first check to its result."""
+
+    request_id: str
+    invocation_id: str  # canonical, or the raw value cut to 128 characters
+    client: str | None  # the socket's peer address
+    started: float
+    principal: Principal | None = None
+    context: JobContext | None = None  # what the job touches, once looked up
+    batch_id: str | None = None  # set for the cancels of a bulk cancel
+    upstream_status: int | None = None
+    forwarded: bool = False  # a PUT may have left
 
 
 @dataclass
@@ -124,21 +138,26 @@ class Gateway:
         audit: AuditLog,
         upstream: UpstreamClient,
         metrics: Metrics,
-        authenticator: Authenticator,
-        authorizer: Authorizer,
-        limits: TeamLimits,
-        watched: tuple[SecretSource, ...] = (),
+        policy: Policy,
+        lookup: JobLookup | None = None,
+        secrets: tuple[SecretSource, ...] = (),
     ) -> None:
         self.config = config
         self.token = token
         self.audit = audit
         self.upstream = upstream
         self.metrics = metrics
-        self.authenticator = authenticator
-        self.authorizer = authorizer
-        self.limits = limits
-        self._watched = watched or (token,)
+        # Swapped whole by a reload; a request reads it once, at its start.
+        self.policy = policy
+        self.lookup = lookup or JobLookup(upstream, cache_size=config.upstream.lookup_cache)
+        self._secrets = secrets or (token,)
+        # Files re-read while running; other pieces (config, JWKS) register theirs here too.
+        self.watcher = Watcher()
+        for source in self._secrets:
+            if isinstance(source, FileSecret):
+                self.watcher.add(source.file, functools.partial(self._secret_changed, source))
         self._watcher: asyncio.Task[None] | None = None
+        self.reloader = Reloader(self)
         self.denied = DeniedSuppression(
             config.audit.denied_per_second, write=audit.write_later,
             on_suppressed=metrics.audit_suppressed.inc,
@@ -177,11 +196,22 @@ class Gateway:
             audit=audit,
             upstream=UpstreamClient(up),
             metrics=metrics,
-            authenticator=TeamKeyAuthenticator(config.teams),
-            authorizer=TeamSwitchAuthorizer(config.teams),
-            limits=TeamLimits(config.teams),
-            watched=(token,) + ((mac_key,) if mac_key else ()),
+            policy=build_policy(config, metrics),
+            secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+
+    # Read-only views of the current policy, for code that handles no request.
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.policy.authenticator
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.policy.authorizer
+
+    @property
+    def limits(self) -> TeamLimits:
+        return self.policy.limits
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -194,12 +224,13 @@ class Gateway:
             await self.stop()
 
     async def start(self) -> None:
-        for source in self._watched:
+        for source in self._secrets:
             source.refresh()
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_secrets())
+        self.reloader.start()
+        self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         self._sweep_denied()
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
@@ -212,6 +243,7 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.reloader.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.denied.sweep(everything=True)
@@ -219,13 +251,10 @@ class Gateway:
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
 
-    async def _watch_secrets(self) -> None:
-        while True:
-            await asyncio.sleep(SECRET_POLL_SECONDS)
-            for source in self._watched:
-                if source.refresh():
-                    self._report_secret(source, initial=False)
-            self._update_gauges()
+    def _secret_changed(self, source: FileSecret) -> None:
+        if source.update():
+            self._report_secret(source, initial=False)
+        self._update_gauges()
 
     def _sweep_denied(self) -> None:
         """Once a second: write the `audit.suppressed` summaries of seconds gone by."""
@@ -306,45 +335,41 @@ class Gateway:
                 headers={"allow": "PUT"}))
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        principal: Principal | None = None
         well_formed = UUID_RE.fullmatch(raw_id) is not None
-        # Canonical when well-formed, even on a refusal that comes before the id check.
-        invocation_id = (raw_id.decode("ascii").lower() if well_formed
-                         else raw_id[:128].decode("latin-1"))
-        upstream_status: int | None = None
-        attempted = False
+        client = scope.get("client")
+        cancel = Cancellation(
+            request_id=exchange.request_id,
+            # Canonical when well-formed, even on a refusal that comes before the id check.
+            invocation_id=(raw_id.decode("ascii").lower() if well_formed
+                           else raw_id[:128].decode("latin-1")),
+            client=client[0] if client else None,
+            started=started,
+        )
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
         failure: GatewayError | None = None
+        policy = self.policy  # once: a reload mid-request does not change its rules
         try:
-            principal = self.authenticator.authenticate(headers)
+            principal = cancel.principal = policy.authenticator.authenticate(headers)
             exchange.team = principal.team
-            self.authorizer.authorize(principal)
+            policy.key_used(principal)
+            policy.authorizer.authorize(principal)
             if not well_formed:
                 raise RequestRejected(
                     "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
                     status=400, code="invalid_invocation_id", outcome="invalid_request",
                 )
             await _read_small_body(scope, headers, receive)
-            retry_after = self.limits.retry_after(principal.team)
-            if retry_after:
-                raise RequestRejected(
-                    "too many requests for this team; retry later", status=429,
-                    code="rate_limited", outcome="rate_limited",
-                    headers={"retry-after": str(retry_after)},
-                )
-            token = self.token.value
-            if token is None:
-                raise ServiceUnavailable(
-                    "the gateway has no valid upstream token", code="token_unavailable")
-            await self.audit.write(self._record(
-                "cancel.attempt", exchange, invocation_id, principal, scope, outcome="pending",
-                status=None, upstream_status=None, error=None, started=started,
-            ))
-            attempted = True
-            reply = await self._forward(invocation_id, token, exchange.request_id)
+            self._check_rate(policy, principal.team)
+            token = self._upstream_token()
+            scopes = policy.scopes
+            if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
+                cancel.context = await self._job_context(cancel.invocation_id, token,
+                                                         cancel.request_id)
+                if scopes.needs_lookup(principal.team):
+                    scopes.authorize_job(principal.team, cancel.context)
+            reply = await self._forward_cancel(cancel, token)
             status, outcome, error = reply.status, reply.outcome, reply.error
-            upstream_status = reply.upstream_status
             await _send(send, reply.status, reply.body,
                         [(k.encode(), v.encode()) for k, v in reply.headers.items()])
         except ClientGone:
@@ -352,35 +377,76 @@ class Gateway:
             if scope.get(TIMED_OUT):  # the protocol answered 408 and closed
                 status, error = 408, "request_timeout"
         except GatewayError as exc:
-            upstream_status = exc.upstream_status
+            cancel.upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
             failure = exc
         except asyncio.CancelledError:
             # Shutdown ran out of grace: the result is still recorded, at close.
             self.audit.write_later(self._record(
-                "cancel.result", exchange, invocation_id, principal, scope,
-                outcome="upstream_error" if attempted else "unavailable", status=None,
-                upstream_status=upstream_status, error="shutdown", started=started,
+                "cancel.result", cancel, status=None, error="shutdown",
+                outcome="upstream_error" if cancel.forwarded else "unavailable",
             ))
             raise
         except Exception:
-            log.exception("cancel.internal_error", request_id=exchange.request_id)
+            log.exception("cancel.internal_error", request_id=cancel.request_id)
             failure = GatewayError("internal error")
         if failure is not None:
             # Outside the handlers, so that nothing here can skip the result record below.
             try:
                 await self._send_error(send, failure, close=failure.status == 413)
             except Exception:
-                log.exception("cancel.answer_failed", request_id=exchange.request_id)
-        self.metrics.cancels.labels(outcome, principal.team if principal else "").inc()
-        result = self._record(
-            "cancel.result", exchange, invocation_id, principal, scope, outcome=outcome,
-            status=status, upstream_status=upstream_status, error=error, started=started,
-        )
-        if self.denied.admit(result, authenticated=principal is not None):
+                log.exception("cancel.answer_failed", request_id=cancel.request_id)
+        await self._finish(cancel, status=status, outcome=outcome, error=error)
+
+    def _check_rate(self, policy: Policy, team: str) -> None:
+        retry_after = policy.limits.retry_after(team)
+        if retry_after:
+            raise RequestRejected(
+                "too many requests for this team; retry later", status=429,
+                code="rate_limited", outcome="rate_limited",
+                headers={"retry-after": str(retry_after)},
+            )
+
+    def _upstream_token(self) -> str:
+        token = self.token.value
+        if token is None:
+            raise ServiceUnavailable(
+                "the gateway has no valid upstream token", code="token_unavailable")
+        return token
+
+    async def _forward_cancel(self, cancel: Cancellation, token: str) -> mapping.Reply:
+        """The durable attempt record, then the PUT, mapped: what every cancel goes through."""
+        await self.audit.write(self._record(
+            "cancel.attempt", cancel, outcome="pending", status=None, error=None))
+        cancel.forwarded = True
+        reply = await self._forward(cancel.invocation_id, token, cancel.request_id)
+        cancel.upstream_status = reply.upstream_status
+        return reply
+
+    async def _finish(
+        self, cancel: Cancellation, *, status: int, outcome: str, error: str | None
+    ) -> None:
+        """Count the cancel and write its result record, whatever its end."""
+        team = cancel.principal.team if cancel.principal else ""
+        self.metrics.cancels.labels(outcome, team).inc()
+        result = self._record("cancel.result", cancel, outcome=outcome, status=status,
+                              error=error)
+        if self.denied.admit(result, authenticated=cancel.principal is not None):
             with contextlib.suppress(AuditUnavailable):
                 await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
+
+    async def _job_context(self, invocation_id: str, token: str, request_id: str) -> JobContext:
+        try:
+            context, hit = await self.lookup.context(invocation_id, token=token,
+                                                     request_id=request_id)
+        except GatewayError as exc:
+            self.metrics.job_lookups.labels("failed").inc()
+            log.warning("upstream.lookup_failed", request_id=request_id, error=exc.code,
+                        upstream_status=exc.upstream_status)
+            raise
+        self.metrics.job_lookups.labels("hit" if hit else "miss").inc()
+        return context
 
     async def _forward(
         self, invocation_id: str, token: str, request_id: str
@@ -404,25 +470,31 @@ class Gateway:
             raise
 
     def _record(
-        self, event: str, exchange: Exchange, invocation_id: str, principal: Principal | None,
-        scope: Scope, *, outcome: str, status: int | None, upstream_status: int | None,
-        error: str | None, started: float,
+        self, event: str, cancel: Cancellation, *, outcome: str, status: int | None,
+        error: str | None,
     ) -> dict[str, Any]:
-        client = scope.get("client")
-        return {
+        principal, context = cancel.principal, cancel.context
+        record: dict[str, Any] = {
             "ts": utc_timestamp(),
             "event": event,
-            "request_id": exchange.request_id,
-            "invocation_id": invocation_id,
+            "request_id": cancel.request_id,
+            "invocation_id": cancel.invocation_id,
             "team": principal.team if principal else None,
             "key_id": principal.key_id if principal else None,
-            "client": client[0] if client else None,
+            "client": cancel.client,
             "outcome": outcome,
             "status": status,
-            "upstream_status": upstream_status,
+            # An attempt is written before its PUT: it has no upstream answer yet.
+            "upstream_status": None if event == "cancel.attempt" else cancel.upstream_status,
             "error": error,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "duration_ms": round((time.perf_counter() - cancel.started) * 1000, 3),
+            "database": context.database if context else None,
+            "collection": context.collection if context else None,
+            "source_id": context.source_id if context else None,
         }
+        if cancel.batch_id is not None:
+            record["batch_id"] = cancel.batch_id
+        return record
 
     async def _send_error(self, send: Send, exc: GatewayError, *, close: bool = False) -> None:
         status, headers, body = render(exc)

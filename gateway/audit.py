@@ -122,6 +122,8 @@ class AuditLog:
         self._checkpoint_timer: asyncio.Task[None] | None = None
         self.ready = False
         self.problem: str | None = "not opened yet"
+        self._reported: str | None = None  # the cause last logged, so each is logged once
+        self._deleting: set[str] = set()  # rotated files whose `audit.deleted` is not written
         self.records_written = 0
 
     # -- start and stop -------------------------------------------------------------------
@@ -258,7 +260,7 @@ class AuditLog:
             # Nothing to prove writability with: an empty write checks the descriptor.
             try:
                 os.write(self._fd, b"")
-                self.ready = True
+                self.ready, self._reported = True, None
                 self.problem = None
             except OSError:
                 pass
@@ -298,7 +300,7 @@ class AuditLog:
                 self._retained[:0] = bodies[:retained_count]
                 self._settle(batch, ok=False)
                 continue
-            self.ready = True
+            self.ready, self._reported = True, None
             self.problem = None
             self.records_written += len(sealed)
             self._settle(batch, ok=True)
@@ -404,15 +406,19 @@ class AuditLog:
             except (OSError, ValueError):
                 log.warning("audit.stdout_failed")
         for record in sealed:
-            if record["event"] == "audit.checkpoint":
+            if record["event"] == "audit.deleted":
+                self._delete(record)
+            elif record["event"] == "audit.checkpoint":
                 log.info(
                     "audit.checkpoint", seq=record["seq"], hash=record["hash"],
                     head_seq=record["head_seq"], head_hash=record["head_hash"],
                 )
 
     def _fail(self, problem: str) -> None:
-        if self.ready or self.problem != problem:
+        # Compared with what was logged, not with `problem`: `lock()` sets that before.
+        if self.ready or self._reported != problem:
             log.error("audit.unavailable", problem=problem)
+            self._reported = problem
         self.ready = False
         self.problem = problem
         if self._on_failure is not None:
@@ -473,6 +479,46 @@ class AuditLog:
         st = os.fstat(self._fd)
         self._identity = (st.st_dev, st.st_ino)
         log.info("audit.rotated", rotated_to=os.path.basename(target), seq=self._chain.seq)
+        self._plan_retention()
+
+    def _plan_retention(self) -> None:
+        """Queue an `audit.deleted` record for each rotated file beyond `audit.keep_files`.
+
+        The file is deleted only once its record is written (`_delete`), so a deletion is
+        never unrecorded: a crash in between leaves the file, and the record, in place.
+        """
+        keep = self.config.keep_files
+        if keep is None:
+            return
+        files = rotated_files(self.path)
+        for path in files[: max(0, len(files) - keep)]:
+            name = os.path.basename(path)
+            if name in self._deleting:
+                continue
+            self._deleting.add(name)
+            try:
+                tail = _read_tail(path)
+            except (OSError, _BrokenTail):
+                tail = None
+            self._queue.append(({
+                "ts": utc_timestamp(), "event": "audit.deleted", "file": name,
+                "first_seq": _first_seq(path),
+                "last_seq": tail.seq if tail else None, "last_hash": tail.head if tail else None,
+                "reason": f"audit.keep_files = {keep}",
+            }, None))
+            self._durable_pending = True
+
+    def _delete(self, record: dict[str, Any]) -> None:
+        name = record["file"]
+        self._deleting.discard(name)
+        try:
+            os.unlink(os.path.join(os.path.dirname(self.path), name))
+        except OSError as exc:
+            log.error("audit.delete_failed", file=name, problem=exc.strerror)
+            return
+        _fsync_dir(self.path)
+        log.info("audit.deleted", file=name, last_seq=record["last_seq"],
+                 last_hash=record["last_hash"], seq=record["seq"], hash=record["hash"])
 
     def _open_fd(self) -> int:
         fd = os.open(
@@ -520,7 +566,7 @@ class AuditLog:
         if found is not None:
             self._chain.seq = found.seq
             self._chain.head = found.head
-        self.ready = True
+        self.ready, self._reported = True, None
         self.problem = None
         if found is not None and found.discarded:
             recovered = _recovered_body(found.discarded, found.reason)
@@ -600,6 +646,16 @@ def _verified(line: bytes) -> dict[str, Any] | None:
     if audit_chain.record_hash(audit_chain.canonical(audit_chain.body_of(record))) != digest:
         return None
     return record
+
+
+def _first_seq(path: str) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            first = json.loads(handle.readline(MAX_DISCARDED_COPY))
+    except (OSError, ValueError):
+        return None
+    seq = first.get("seq") if isinstance(first, dict) else None
+    return seq if isinstance(seq, int) else None
 
 
 def _recovered_body(discarded: bytes, reason: str) -> dict[str, Any]:

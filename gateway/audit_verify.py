@@ -51,6 +51,12 @@ class VerifyOk:
     head_hash: str
     unchecked_checkpoints: tuple[int, ...] = ()
     """Checkpoint seqs before the first record read (only with `allow_partial`)."""
+    first_seq: int = 1
+    """The seq the files start at: above 1 for a retained suffix (older files deleted)."""
+    anchor: int | None = None
+    """The checkpoint seq that anchors a suffix (None from seq 1, or with `allow_partial`)."""
+    macs_unchecked: bool = False
+    """Records carry `mac`, but no key was given to check them with."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class _Record:
     head_seq: int | None
     head_hash: str | None
     file_start: bool
+    has_mac: bool
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,7 @@ def _check_line(
         head_seq=record["head_seq"] if is_checkpoint else None,
         head_hash=record["head_hash"] if is_checkpoint else None,
         file_start=file_start,
+        has_mac="mac" in record,
     )
 
 
@@ -329,6 +337,7 @@ def _chain_reason(
     recent: deque[_Seen],
     upcoming: _Lines,
     allow_partial: bool,
+    anchored: bool = False,
 ) -> str | None:
     """Step 5: `cur` continues the chain after `last`."""
     if last is None:
@@ -339,12 +348,14 @@ def _chain_reason(
                     "it does not start a chain"
                 )
             return None
-        if allow_partial:
+        if allow_partial or anchored:
             return None
         return (
             f"first record has seq {cur.seq}, expected seq 1 after the genesis hash: the start "
-            f"of the chain is missing (earlier rotated files not given, or records removed); "
-            f"use --allow-partial to verify only the newer files"
+            f"of the chain is missing (earlier rotated files not given, deleted by "
+            f"audit.keep_files, or records removed); give --checkpoint SEQ:HASH of a record at "
+            f"or before seq {cur.seq} (an audit.deleted record's last_seq:last_hash, or a "
+            f"shipped checkpoint) to verify the retained files, or --allow-partial"
         )
 
     expected = last.seq + 1
@@ -425,6 +436,26 @@ def _checkpoint_record_reason(cur: _Record) -> str | None:
     return None
 
 
+def _suffix_anchor(first: _Record, wanted: Mapping[int, str]) -> tuple[int | None, str | None]:
+    """For files that start after seq 1: the checkpoint seq that anchors them, or a reason.
+
+    Only a checkpoint for the first record itself, or for the one just before it (its
+    `prev`: an `audit.deleted` record's `last_seq:last_hash`), says where the suffix starts. A
+    later checkpoint alone does not: records cut from the front would go unnoticed.
+    """
+    before = wanted.get(first.seq - 1)
+    if before is not None:
+        if before != first.prev:
+            return None, (
+                f"checkpoint mismatch: the first record (seq {first.seq}) does not chain to the "
+                f"checkpoint for seq {first.seq - 1}: its prev is another hash"
+            )
+        return first.seq - 1, None
+    if first.seq in wanted:
+        return first.seq, None  # its hash is compared with the checkpoint's as usual
+    return None, None
+
+
 def _checkpoint_map(checkpoints: Sequence[tuple[int, str]]) -> dict[int, str]:
     wanted: dict[int, str] = {}
     for seq, digest in checkpoints:
@@ -461,12 +492,19 @@ def verify(
     recent: deque[_Seen] = deque(maxlen=_RECENT)
     last: _Record | None = None
     first_seq: int | None = None
+    anchor: int | None = None
+    macs_unchecked = False
     count = 0
     try:
         for item in lines:
             if isinstance(item, VerifyFailure):
                 return item
-            reason = _chain_reason(item, last, recent, lines, allow_partial)
+            if last is None and item.seq != 1:
+                anchor, problem = _suffix_anchor(item, wanted)
+                if problem is not None:
+                    return VerifyFailure(item.path, item.line, problem)
+            macs_unchecked = macs_unchecked or (item.has_mac and not keys)
+            reason = _chain_reason(item, last, recent, lines, allow_partial, anchor is not None)
             if reason is None:
                 reason = _checkpoint_record_reason(item)
             if reason is None and item.seq in wanted and wanted[item.seq] != item.hash:
@@ -496,7 +534,8 @@ def verify(
         )
     start = first_seq if first_seq is not None else head_seq + 1
     unchecked = tuple(sorted(seq for seq in wanted if seq < start))
-    return VerifyOk(count, head_seq, head_hash, unchecked)
+    return VerifyOk(count, head_seq, head_hash, unchecked, first_seq or 1, anchor,
+                    macs_unchecked)
 
 
 def parse_checkpoint(text: str) -> tuple[int, str]:
@@ -577,6 +616,14 @@ def run(
         print(f"{result.path}:{result.line}: {result.reason}", file=out)
         return 1
     print(f"ok: {result.records} records, head {result.head_hash}", file=out)
+    if result.first_seq > 1:
+        how = (f"anchored by checkpoint seq {result.anchor}" if result.anchor is not None
+               else "not anchored by any checkpoint (--allow-partial)")
+        print(f"started at seq {result.first_seq}: a retained suffix (records before it are "
+              f"not in the files given), {how}", file=out)
+    if result.macs_unchecked:
+        print("audit verify: warning: the records carry a mac, but no --hmac-key-file was "
+              "given: no mac was checked", file=err)
     if result.unchecked_checkpoints:
         listed = ", ".join(str(seq) for seq in result.unchecked_checkpoints)
         print(

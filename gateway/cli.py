@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and summarize it")
     check.add_argument("--config")
+    check.add_argument("--strict", action="store_true",
+                       help="also fail on what would make the gateway fail closed at start "
+                       "(token, HMAC key, audit folder, CA file); warn about unrestricted teams")
 
     key_parser = commands.add_parser("keys", help="make and hash team keys")
     key_commands = key_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -76,7 +79,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
                                 args.allow_partial, sys.stdout, sys.stderr)
     if args.command == "check-config":
-        return _check_config(config.load(config.config_path(args.config)))
+        return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
     if args.command == "demo":
         from gateway import demo
 
@@ -86,6 +89,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "new":
+        if not config.TEAM_NAME_RE.fullmatch(args.team):
+            print("keys new: --team must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric "
+                  "(as [[teams]] name), got " + ascii(args.team[:80]), file=sys.stderr)
+            return EXIT_USAGE
         key = keys.new_key()
         print(f"team:   {args.team}")
         print(f"key:    {key}")
@@ -102,11 +109,16 @@ def _keys(args: argparse.Namespace) -> int:
     if not key or any(c.isspace() for c in key):
         print("keys hash: expected one key on stdin", file=sys.stderr)
         return EXIT_USAGE
+    if not keys.is_team_key(key):
+        # Not echoed: it may be some other secret pasted by mistake.
+        print(f"keys hash: not a team key ({keys.KEY_PREFIX} and 43 URL-safe characters, "
+              "as `keys new` prints)", file=sys.stderr)
+        return EXIT_USAGE
     print(keys.stored_form(key))
     return EXIT_OK
 
 
-def _check_config(cfg: config.Config) -> int:
+def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
     from gateway.secrets import fingerprint, upstream_token_source
 
     up = cfg.upstream
@@ -132,12 +144,25 @@ def _check_config(cfg: config.Config) -> int:
               f"{'enabled' if team.enabled else 'DISABLED'}, "
               f"{team.rate_limit:g}/s burst {team.burst}, "
               f"scope {', '.join(team.scope.entries())}")
+    if not strict:
+        return EXIT_OK
+    from gateway.preflight import strict_findings
+
+    findings = strict_findings(cfg)
+    for warning in findings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in findings.problems:
+        print(problem, file=sys.stderr)
+    if findings.problems:
+        return EXIT_USAGE
+    print("strict: ok")
     return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway import logs, server
     from gateway.audit import AuditLocked
+    from gateway.server import CannotListen
 
     cfg = config.load(config.config_path(args.config))
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -148,4 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         return server.serve(cfg, host=args.host, port=args.port)
     except AuditLocked as exc:
         print(f"{cfg.source}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except CannotListen as exc:
+        print(f"serve: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -36,6 +36,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     grace_period: float = 10.0
+    metrics_port: int | None = None  # `/metrics` on a listener of its own as well
+    metrics_host: str = "127.0.0.1"
     header_timeout: float = 5.0  # seconds for a request head (and a cancel's body) to arrive
     keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
     max_connections: int = 1000  # open connections; past that, 503 `overloaded` and closed
@@ -63,6 +65,7 @@ class AuditConfig:
     checkpoint_seconds: float = 300.0
     stdout: bool = False
     max_bytes: int | None = None
+    keep_files: int | None = None  # rotated files kept; None keeps them all
     record_context: bool = False  # look up every cancel, so every record names what it touched
     denied_per_second: int = 20  # result records a second per client for unauthenticated refusals
 
@@ -99,6 +102,12 @@ def load(path: str) -> Config:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: can't be read ({exc.strerror})") from None
+    return loads(raw, source=path)
+
+
+def loads(raw: bytes, *, source: str) -> Config:
+    """Parse a config file's bytes (as read by `load`, or by a reload)."""
+    path = source
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -214,14 +223,21 @@ class _Parser:
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
         t = self.table(data, "server", {
-            "host", "port", "grace_period", "header_timeout", "keepalive_timeout",
-            "max_connections",
+            "host", "port", "grace_period", "metrics_port", "metrics_host", "header_timeout",
+            "keepalive_timeout", "max_connections",
         })
         d = ServerConfig()
+        port = self.get(t, "server", "port", lambda k, v: self.count(k, v, 0, 65535), d.port)
+        metrics_port = self.get(
+            t, "server", "metrics_port", lambda k, v: self.count(k, v, 0, 65535), None)
+        if metrics_port and metrics_port == port:
+            raise self.fail("server.metrics_port", f"must differ from server.port, got {port}")
         return ServerConfig(
             host=self.get(t, "server", "host", self.string, d.host),
-            port=self.get(t, "server", "port", lambda k, v: self.count(k, v, 0, 65535), d.port),
+            port=port,
             grace_period=self.get(t, "server", "grace_period", self.positive, d.grace_period),
+            metrics_port=metrics_port,
+            metrics_host=self.get(t, "server", "metrics_host", self.string, d.metrics_host),
             header_timeout=self.get(
                 t, "server", "header_timeout", self.positive, d.header_timeout),
             keepalive_timeout=self.get(
@@ -307,7 +323,7 @@ class _Parser:
     def audit(self, data: Mapping[str, Any]) -> AuditConfig:
         allowed = {
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
-            "stdout", "max_bytes", "record_context", "denied_per_second",
+            "stdout", "max_bytes", "keep_files", "record_context", "denied_per_second",
         }
         t = self.table(data, "audit", allowed)
         if "path" not in t:
@@ -315,6 +331,9 @@ class _Parser:
         d = AuditConfig(path="")
         max_bytes = self.get(
             t, "audit", "max_bytes", lambda k, v: self.count(k, v, 65536, 2**50), None
+        )
+        keep_files = self.get(
+            t, "audit", "keep_files", lambda k, v: self.count(k, v, 1, 10**6), None
         )
         return AuditConfig(
             path=self.string("audit.path", t["path"]),
@@ -329,6 +348,7 @@ class _Parser:
             ),
             stdout=self.get(t, "audit", "stdout", self.boolean, d.stdout),
             max_bytes=max_bytes,
+            keep_files=keep_files,
             record_context=self.get(t, "audit", "record_context", self.boolean,
                                     d.record_context),
             denied_per_second=self.get(

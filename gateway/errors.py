@@ -3,6 +3,7 @@
     GatewayError                     an answer for the caller: status, `error` code, message
     ├── RequestRejected              the caller's request is refused before anything is forwarded
     ├── ServiceUnavailable           a precondition of the gateway itself is not met (503)
+    ├── UpstreamRefused              Chroma Sync refused a lookup; its answer goes to the caller
     └── UpstreamFailure              Chroma Sync could not give a usable answer (502/504)
     ConfigError                      the configuration file is unusable (exit 2 at start)
 
@@ -30,9 +31,11 @@ class GatewayError(Exception):
         code: str | None = None,
         outcome: str | None = None,
         headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.body = body  # an upstream ErrorResponse passed through, instead of `message`
         if status is not None:
             self.status = status
         if code is not None:
@@ -55,6 +58,11 @@ class ServiceUnavailable(GatewayError):
 
     status = 503
     outcome = "unavailable"
+
+
+class UpstreamRefused(GatewayError):
+    """A lookup (`get_job`, `list_jobs`) answered 4xx or 429: the caller gets that answer,
+    mapped as a cancel's would be (404 stays 404), and nothing is forwarded."""
 
 
 class UpstreamFailure(GatewayError):
@@ -88,7 +96,7 @@ def unauthenticated() -> RequestRejected:
 
 def render(exc: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one place a `GatewayError` becomes a response: status, headers and body."""
-    body = error_body(exc.code, exc.message)
+    body = exc.body if exc.body is not None else error_body(exc.code, exc.message)
     headers = [(b"content-type", b"application/json")]
     headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
     return exc.status, headers, body

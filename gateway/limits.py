@@ -30,9 +30,21 @@ class TokenBucket:
 
 class TeamLimits:
     def __init__(
-        self, teams: Sequence[TeamConfig], clock: Callable[[], float] = time.monotonic
+        self,
+        teams: Sequence[TeamConfig],
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        previous: TeamLimits | None = None,
     ) -> None:
-        self._buckets = {t.name: TokenBucket(t.rate_limit, t.burst, clock) for t in teams}
+        """`previous`: on a reload, a team whose rate and burst are unchanged keeps its bucket,
+        so a reload can't be used to refill it; a new or changed team starts full."""
+        kept = previous._buckets if previous is not None else {}
+        self._buckets: dict[str, TokenBucket] = {}
+        for t in teams:
+            old = kept.get(t.name)
+            if old is None or old.rate != t.rate_limit or old.burst != float(t.burst):
+                old = TokenBucket(t.rate_limit, t.burst, clock)
+            self._buckets[t.name] = old
 
     def retry_after(self, team: str) -> int:
         """0 when the team may go ahead, else whole seconds to wait (at least 1)."""

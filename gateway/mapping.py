@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from gateway import redaction
-from gateway.errors import UpstreamFailure, error_body
+from gateway.errors import GatewayError, UpstreamFailure, UpstreamRefused, error_body
 from gateway.upstream import UpstreamAnswer
 
 MAX_UPSTREAM_MESSAGE = 512
@@ -101,6 +101,27 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
         f"Chroma Sync answered with an unexpected status ({status})",
         code="upstream_unexpected_status",
     )
+
+
+def refusal(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> GatewayError:
+    """A lookup's answer other than 200, as the error the caller gets (SPEC's table)."""
+    if answer.status == 202:  # a GET never cancels: not an answer the table knows
+        error: GatewayError = UpstreamFailure(
+            "Chroma Sync answered a lookup with an unexpected status (202)",
+            code="upstream_unexpected_status",
+        )
+    else:
+        try:
+            reply = interpret(answer, secrets=secrets)
+        except UpstreamFailure as exc:
+            error = exc
+        else:
+            error = UpstreamRefused(
+                f"Chroma Sync refused the lookup ({reply.status})", status=reply.status,
+                code=reply.error, outcome=reply.outcome, headers=reply.headers, body=reply.body,
+            )
+    error.upstream_status = answer.status
+    return error
 
 
 def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:

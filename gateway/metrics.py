@@ -37,6 +37,11 @@ class Metrics:
             "chroma_sync_gateway_upstream_failures",
             "Upstream exchanges with no usable answer, by error code.", ["error"], registry=r,
         )
+        self.job_lookups = Counter(
+            "chroma_sync_gateway_job_lookups",
+            "Job context lookups for scope checks: hit (cached), miss (asked upstream), failed.",
+            ["result"], registry=r,
+        )
         self.audit_failures = Counter(
             "chroma_sync_gateway_audit_write_failures", "Failed audit log writes.", registry=r,
         )
@@ -68,6 +73,19 @@ class Metrics:
             "chroma_sync_gateway_upstream_token_changes",
             "Times the upstream token file changed.", registry=r,
         )
+
+        self.key_requests = Counter(
+            "chroma_sync_gateway_key_requests",
+            "Authenticated requests by team and key_id, so an unused key can be retired.",
+            ["team", "key_id"], registry=r,
+        )
+        self.config_reloads = Counter(
+            "chroma_sync_gateway_config_reloads",
+            "Reloads of [[teams]] (SIGHUP or a changed config file), by result.",
+            ["result"], registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)  # both series exist from the start
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

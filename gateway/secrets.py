@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 
+from gateway.watch import WatchedFile, read_problem, read_regular_file
+
 MAX_SECRET_BYTES = 8192
+MAX_READ_BYTES = 65536  # read past MAX_SECRET_BYTES, so that an oversized secret says so
 MIN_HMAC_KEY_CHARS = 32
 
 
@@ -37,12 +40,9 @@ def validate_secret(raw: bytes, *, what: str, min_chars: int = 1) -> str:
 def read_secret_file(path: str, *, what: str, min_chars: int = 1) -> str:
     """Read and validate a secret file (following symlinks, as Kubernetes mounts need)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_SECRET_BYTES + 1)
-    except FileNotFoundError:
-        raise InvalidSecret(f"{what} file is missing") from None
+        raw = read_regular_file(path, what=what, max_bytes=MAX_READ_BYTES)
     except OSError as exc:
-        raise InvalidSecret(f"{what} file can't be read ({exc.strerror})") from None
+        raise InvalidSecret(read_problem(what, exc)) from None
     return validate_secret(raw, what=what, min_chars=min_chars)
 
 
@@ -57,15 +57,6 @@ def fingerprint(secret: str | bytes) -> str:
     """A non-secret handle for logs: the first 12 hex digits of the value's SHA-256."""
     data = secret.encode("utf-8") if isinstance(secret, str) else secret
     return hashlib.sha256(data).hexdigest()[:12]
-
-
-def file_identity(path: str) -> tuple[int, int, int, int] | None:
-    """What changes when a mounted secret is rotated (the target of `..data` is swapped)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class SecretSource:
@@ -103,11 +94,10 @@ class EnvSecret(SecretSource):
 
 
 class FileSecret(SecretSource):
-    """A secret from a mounted file, re-read whenever the file changes.
+    """A secret from a mounted file, re-read while the gateway runs (see `gateway.watch`).
 
-    A Kubernetes secret rotation swaps the `..data` symlink atomically; `os.stat` follows the
-    link, so the new target shows up as a new inode. Polling `stat` twice a second costs a few
-    microseconds and needs no inotify, which does not see symlink swaps reliably.
+    `refresh()` reads and adopts at once (start-up, `check-config`); the gateway's `Watcher`
+    polls `file`, which adopts a change only once two reads agree, then calls `update()`.
     """
 
     def __init__(self, path: str, *, what: str, min_chars: int = 1) -> None:
@@ -115,18 +105,20 @@ class FileSecret(SecretSource):
         self.path = path
         self.what = what
         self._min_chars = min_chars
-        self._identity: tuple[int, int, int, int] | None = None
-        self._loaded_once = False
+        self.file = WatchedFile(path, what=what, max_bytes=MAX_READ_BYTES)
 
     def refresh(self) -> bool:
-        identity = file_identity(self.path)
-        if self._loaded_once and identity == self._identity:
-            return False
-        self._loaded_once = True
-        self._identity = identity
+        self.file.load()
+        return self.update()
+
+    def update(self) -> bool:
+        """Derive the value from the file's adopted content; True when it changed."""
         before = (self.value, self.problem)
+        content, problem = self.file.content, self.file.problem
         try:
-            self.value = read_secret_file(self.path, what=self.what, min_chars=self._min_chars)
+            if content is None:
+                raise InvalidSecret(problem or f"{self.what} file can't be read")
+            self.value = validate_secret(content, what=self.what, min_chars=self._min_chars)
             self.problem = None
         except InvalidSecret as exc:
             self.value = None

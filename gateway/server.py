@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import importlib.util
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import TIMED_OUT, Gateway
@@ -199,12 +202,45 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-class GatewayServer(uvicorn.Server):
-    """A uvicorn server that exits 0 after a graceful SIGTERM instead of re-raising it."""
+class CannotListen(Exception):
+    """A listening socket could not be made: one line, for `serve` to print (exit 1)."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None):
+
+def listen(host: str, port: int, what: str = "listen") -> socket.socket:
+    """Bind before anything starts, so a port in use is one line and exit 1, not a half start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or "invalid address"
+        raise CannotListen(f"can't {what} on {host}:{port} ({reason})") from None
+    except (OverflowError, UnicodeError):
+        sock.close()
+        raise CannotListen(f"can't {what} on {host}:{port} (invalid address)") from None
+    return sock
+
+
+class GatewayServer(uvicorn.Server):
+    """A uvicorn server that exits 0 after a graceful SIGTERM instead of re-raising it.
+
+    SIGHUP reloads the config's `[[teams]]` (see `gateway.reload`) instead of killing the
+    process. With `metrics` (a second uvicorn server on its own socket), `/metrics` is served
+    there as well, started and stopped with this one.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None, *,
+        on_hangup: Callable[[], None] | None = None,
+        metrics: tuple[uvicorn.Server, socket.socket] | None = None,
+    ):
         super().__init__(config)
         self._on_ready = on_ready
+        self._on_hangup = on_hangup
+        self._metrics = metrics
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -213,6 +249,9 @@ class GatewayServer(uvicorn.Server):
             return
         handled = (signal.SIGINT, signal.SIGTERM)
         original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        if self._on_hangup is not None:
+            on_hangup = self._on_hangup
+            original[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: on_hangup())
         try:
             yield
         finally:
@@ -221,8 +260,19 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
+        if self.started and self._metrics is not None:
+            metrics_server, metrics_socket = self._metrics
+            # What `uvicorn.Server.serve` would do first; this one runs inside our loop.
+            metrics_server.config.load()
+            metrics_server.lifespan = metrics_server.config.lifespan_class(metrics_server.config)
+            await metrics_server.startup(sockets=[metrics_socket])
         if self.started and self._on_ready is not None:
             self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._metrics is not None and self._metrics[0].started:
+            await self._metrics[0].shutdown(sockets=[self._metrics[1]])
+        await super().shutdown(sockets=sockets)
 
 
 def uvicorn_config(gateway: Gateway, config: Config, host: str, port: int) -> uvicorn.Config:
@@ -250,18 +300,40 @@ def serve(
     port: int | None = None,
     on_ready: Callable[[Gateway, GatewayServer], None] | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT; 0 after a clean drain, 1 when it could not start."""
+    """Serve until SIGTERM or SIGINT; 0 after a clean drain, 1 when it could not start.
+
+    Raises `CannotListen` when a port can't be bound: before anything has started.
+    """
     gateway = Gateway.from_config(config)
     gateway.audit.lock()  # one writer per chain: refuse to start before binding a port
-    uv = uvicorn_config(
-        gateway, config, host or config.server.host,
-        config.server.port if port is None else port,
-    )
-    server = GatewayServer(uv)
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    sockets = [listen(host, port)]
+    metrics = None
+    try:
+        if config.server.metrics_port is not None:
+            metrics_socket = listen(config.server.metrics_host, config.server.metrics_port,
+                                    "serve metrics")
+            metrics = (uvicorn.Server(metrics_config(gateway, config)), metrics_socket)
+    except CannotListen:
+        sockets[0].close()
+        raise
+    server = GatewayServer(uvicorn_config(gateway, config, host, port),
+                           on_hangup=lambda: gateway.reloader.request_threadsafe("sighup"),
+                           metrics=metrics)
     if on_ready is not None:
         server._on_ready = lambda: on_ready(gateway, server)
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def metrics_config(gateway: Gateway, config: Config) -> uvicorn.Config:
+    """The `server.metrics_port` listener: `/metrics` alone (other paths are 404s)."""
+    app = Starlette(routes=[Route("/metrics", gateway.metrics_endpoint, methods=["GET"])])
+    return uvicorn.Config(
+        app, http=GatewayHttpProtocol, ws="none", lifespan="off", proxy_headers=False,
+        server_header=False, access_log=False, log_config=None, timeout_graceful_shutdown=1,
+    )
 
 
 def bound_port(server: uvicorn.Server) -> int:

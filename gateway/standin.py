@@ -10,6 +10,10 @@ cancel operation:
 - `PUT /api/v1/invocations/{uuid}`: 202 `{}` for a pending invocation (which becomes
   `cancelled`), 412 for a known one in any other state, 404 for an unknown one, 400 when the id
   is not a UUID;
+- `GET /api/v1/invocations/{uuid}` (`get_job`): 200 and the `Job`, 404 for an unknown one;
+- `GET /api/v1/invocations` (`list_jobs`): the Jobs matching `source_id` or `database_name`
+  (not both: 400), `source_type` and `status`, ordered by `created_at` (`order_by`, default
+  `DESC`), paged by `limit` (default 100) and `offset`; 404 for an unknown `source_id`;
 - any other route is 404. Every error body is an ErrorResponse `{"error", "message"}`.
 
 A `behaviour` callable sees each request first and may return an action to take instead;
@@ -30,6 +34,7 @@ import socket
 import ssl
 import struct
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,11 +60,42 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 _INVOCATION_PREFIX = "/api/v1/invocations/"
+_LIST_PATH = "/api/v1/invocations"
 # Hyphenated 8-4-4-4-12 or 32 plain hex digits, either case: what Chroma's UUID parser takes.
 _UUID_RE = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.I
 )
 _JSON: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+
+@dataclass
+class StandInJob:
+    """One invocation the stand-in knows: what `get_job` and `list_jobs` describe."""
+
+    id: str
+    state: str  # pending, processing, complete, failed or cancelled
+    database: str
+    collection: str
+    source_id: str | None
+    kind: str  # github, web_scrape or s3
+    created_at: str
+    order: int  # creation order, for order_by
+
+    def as_json(self) -> dict[str, Any]:
+        status: Any = self.state
+        if self.state == "complete":
+            status = {"complete": {"finished_at": self.created_at, "duration_ms": 1200}}
+        elif self.state == "failed":
+            status = {"failed": {"error": "the source could not be fetched"}}
+        kinds: dict[str, Any] = {
+            "github": {"github": {"git_ref_identifier": {"branch": "main"}}},
+            "web_scrape": {"web_scrape": {}},
+            "s3": {"s3": {"bucket_name": "chroma-sync-demo", "object_key": "docs/"}},
+        }
+        metadata = {"database_name": self.database, "collection_name": self.collection,
+                    **kinds[self.kind]}
+        return {"id": self.id, "source_id": self.source_id, "status": status,
+                "created_at": self.created_at, "metadata": metadata}
 
 
 @dataclass(frozen=True)
@@ -397,7 +433,8 @@ class StandIn:
         self.max_recorded = max_recorded
         self.requests: list[ReceivedRequest] = []  # oldest dropped past max_recorded
         self.connection_count = 0  # connections accepted so far
-        self._states: dict[str, str] = {}
+        self._jobs: dict[str, StandInJob] = {}
+        self._sources: set[str] = set()
         self._lock = threading.Lock()  # add_pending() may run on another thread
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
@@ -439,23 +476,59 @@ class StandIn:
             host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.ssl_context is not None else 'http'}://{host}:{self.port}"
 
-    def add_pending(self, invocation_id: str | None = None) -> str:
+    def add_pending(
+        self, invocation_id: str | None = None, *, database: str = "docs",
+        collection: str = "handbook", source_id: str | None = None, kind: str = "github",
+    ) -> str:
         """Register a pending invocation (a random UUID4 if none is given); return its id."""
-        return self.add_invocation(invocation_id, state="pending")
+        return self.add_invocation(invocation_id, state="pending", database=database,
+                                   collection=collection, source_id=source_id, kind=kind)
 
-    def add_invocation(self, invocation_id: str | None = None, *, state: str) -> str:
+    def add_invocation(
+        self, invocation_id: str | None = None, *, state: str, database: str = "docs",
+        collection: str = "handbook", source_id: str | None = None, kind: str = "github",
+    ) -> str:
         """Register an invocation in any state (e.g. "processing", which can't be cancelled)."""
         canonical = _canonical(invocation_id or str(uuid.uuid4()))
         if canonical is None:
             raise ValueError(f"not a UUID: {invocation_id!r}")
+        source = _canonical(source_id) if source_id else None
         with self._lock:
-            self._states[canonical] = state
+            order = len(self._jobs)
+            created = f"2026-11-20T09:{order // 60 % 60:02d}:{order % 60:02d}.{order:06d}Z"
+            self._jobs[canonical] = StandInJob(
+                canonical, state, database, collection, source, kind, created, order)
+            if source:
+                self._sources.add(source)
+        return canonical
+
+    def add_source(self, source_id: str | None = None) -> str:
+        """Register a source with no invocations (`list_jobs` answers it with `[]`)."""
+        canonical = _canonical(source_id or str(uuid.uuid4()))
+        if canonical is None:
+            raise ValueError(f"not a UUID: {source_id!r}")
+        with self._lock:
+            self._sources.add(canonical)
         return canonical
 
     def state_of(self, invocation_id: str) -> str | None:
         canonical = _canonical(invocation_id)
         with self._lock:
-            return None if canonical is None else self._states.get(canonical)
+            job = None if canonical is None else self._jobs.get(canonical)
+            return None if job is None else job.state
+
+    def set_state(self, invocation_id: str, state: str) -> None:
+        """Change a known invocation's state (e.g. it finished, or someone else cancelled it)."""
+        canonical = _canonical(invocation_id)
+        with self._lock:
+            self._jobs[canonical or ""].state = state
+
+    def job_of(self, invocation_id: str) -> dict[str, Any] | None:
+        """The `Job` JSON `get_job` would answer, or None."""
+        canonical = _canonical(invocation_id)
+        with self._lock:
+            job = None if canonical is None else self._jobs.get(canonical)
+            return None if job is None else job.as_json()
 
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[StandIn]:
@@ -497,16 +570,54 @@ class StandIn:
             tokens[0].encode("latin-1"), self.token.encode()
         ):
             return _UNAUTHORIZED
+        if path == _LIST_PATH and request.method == "GET":
+            return self._list_jobs(request.target.partition("?")[2])
         raw_id = path[len(_INVOCATION_PREFIX) :]
-        if request.method != "PUT" or not path.startswith(_INVOCATION_PREFIX) or "/" in raw_id:
+        if request.method not in ("PUT", "GET") or not path.startswith(_INVOCATION_PREFIX) or (
+            "/" in raw_id
+        ):
             return _NO_ROUTE
         canonical = _canonical(raw_id)
         if canonical is None:
             return _BAD_ID
         with self._lock:
-            state = self._states.get(canonical)
+            job = self._jobs.get(canonical)
+            if job is None:
+                return _NO_INVOCATION
+            if request.method == "GET":
+                return json_response(200, job.as_json())
+            state = job.state
             if state == "pending":
-                self._states[canonical] = "cancelled"
-        if state is None:
-            return _NO_INVOCATION
+                job.state = "cancelled"
         return _ACCEPTED if state == "pending" else _NOT_CANCELABLE
+
+    def _list_jobs(self, query: str) -> Respond:
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        source = params.get("source_id")
+        database = params.get("database_name")
+        if source is not None and database is not None:
+            return _error(400, "InvalidArgumentError",
+                          "source_id and database_name can't be used together")
+        try:
+            limit = int(params.get("limit", "100"))
+            offset = int(params.get("offset", "0"))
+        except ValueError:
+            return _error(400, "InvalidArgumentError", "limit and offset must be integers")
+        order = params.get("order_by", "DESC")
+        if limit < 0 or offset < 0 or order not in ("ASC", "DESC"):
+            return _error(400, "InvalidArgumentError", "bad limit, offset or order_by")
+        with self._lock:
+            if source is not None:
+                source = _canonical(source)
+                if source is None or source not in self._sources:
+                    return _error(404, "NotFoundError", "Source not found")
+            jobs = [
+                job for job in self._jobs.values()
+                if (source is None or job.source_id == source)
+                and (database is None or job.database == database)
+                and ("status" not in params or job.state == params["status"])
+                and ("source_type" not in params or job.kind == params["source_type"])
+            ]
+            jobs.sort(key=lambda job: job.order, reverse=order == "DESC")
+            page = [job.as_json() for job in jobs[offset:offset + limit]]
+        return json_response(200, page)

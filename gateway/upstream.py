@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,6 +29,7 @@ from gateway.errors import UpstreamFailure
 MAX_BODY_BYTES = 64 * 1024
 USER_AGENT = f"chroma-sync-gateway/{__version__}"
 CANCEL_PATH = "/api/v1/invocations/"
+LIST_PATH = "/api/v1/invocations"
 
 
 
@@ -51,6 +54,7 @@ class UpstreamClient:
     def __init__(self, config: UpstreamConfig, *, transport: Transport | None = None) -> None:
         transport = transport or config.transport
         self._prefix = config.base_url + CANCEL_PATH
+        self._list_url = config.base_url + LIST_PATH
         self._deadline = config.timeout
         self.transport_name = transport
         context = ssl_context(config.ca_file)
@@ -79,11 +83,26 @@ class UpstreamClient:
 
     async def cancel(self, invocation_id: str, *, token: str, request_id: str) -> UpstreamAnswer:
         """PUT the cancel; `invocation_id` must already be the canonical lowercase UUID."""
+        return await self._exchange("PUT", self.url_for(invocation_id), token, request_id)
+
+    async def get_job(self, invocation_id: str, *, token: str, request_id: str) -> UpstreamAnswer:
+        """`get_job`: GET one invocation; `invocation_id` is the canonical lowercase UUID."""
+        return await self._exchange("GET", self.url_for(invocation_id), token, request_id)
+
+    async def list_jobs(
+        self, params: Mapping[str, str | int], *, token: str, request_id: str
+    ) -> UpstreamAnswer:
+        """`list_jobs`: GET a page of invocations; `params` are validated by the caller."""
+        url = self._list_url + "?" + urllib.parse.urlencode(params)
+        return await self._exchange("GET", url, token, request_id)
+
+    async def _exchange(self, method: str, url: str, token: str, request_id: str
+                        ) -> UpstreamAnswer:
         # No client means no default headers (accept-encoding, connection) merged in: this
         # list is the whole allowlist.
         request = httpx.Request(
-            "PUT",
-            self.url_for(invocation_id),
+            method,
+            url,
             headers=[
                 ("x-chroma-token", token),
                 ("x-request-id", request_id),

@@ -220,11 +220,16 @@ def wait_until_serving(gateway: RunningGateway, timeout: float = 15.0) -> None:
                 f"gateway exited with {gateway.process.returncode}:\n"
                 + gateway.stderr_path.read_text(errors="replace")[-4000:]
             )
+        # The port is bound before start-up runs (a port in use fails at once), so a
+        # connection alone does not mean started: /healthz answers once start-up is done.
         try:
-            with socket.create_connection(("127.0.0.1", gateway.port), timeout=0.5):
-                return
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+                if sock.recv(12).startswith(b"HTTP/1.1 200"):
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     gateway.stop()
     raise RuntimeError("gateway did not start listening in time")
 

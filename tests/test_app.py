@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import urllib.parse
@@ -428,7 +429,8 @@ def test_checks_run_in_spec_order_and_the_first_failure_answers_unforwarded(
     }
     # The limited team's bucket is empty and never refills (a clock that stands still).
     for gateway in gateways.values():
-        gateway.limits = TeamLimits(gateway.config.teams, clock=lambda: 0.0)
+        gateway.policy = dataclasses.replace(
+            gateway.policy, limits=TeamLimits(gateway.config.teams, clock=lambda: 0.0))
         assert gateway.limits.retry_after("limited") == 0
     with running(gateways["broken"]) as broken, running(gateways["no_audit"]) as no_audit:
         calls = {"broken": broken, "no_audit": no_audit}

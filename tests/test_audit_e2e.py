@@ -28,7 +28,7 @@ from tests.harness import BILLING_KEY, RunningGateway
 
 CANCEL_FIELDS = {
     "ts", "event", "request_id", "invocation_id", "team", "key_id", "client", "outcome",
-    "status", "upstream_status", "error", "duration_ms",
+    "status", "upstream_status", "error", "duration_ms", "database", "collection", "source_id",
 }
 CHAIN_FIELDS = {"seq", "prev", "hash"}
 TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")

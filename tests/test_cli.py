@@ -103,10 +103,10 @@ def test_keys_new_without_a_team_is_a_usage_error() -> None:
 
 
 def test_keys_hash_prints_the_known_stored_form() -> None:
-    result = run("keys", "hash", stdin=b"csg_abc\n")
+    result = run("keys", "hash", stdin=b"csg_" + b"A" * 43 + b"\n")
     assert result.returncode == 0
     assert result.stdout == (
-        "sha256:4db527f970abac16ad8260e3f67783a51bebdb32a4379cf2294a8ce0d1dc2472\n"
+        "sha256:fb9dbd8a34555761880efb0edf3572d6ac27e35a9be6ecb8ece50459a1821454\n"
     )
 
 
@@ -296,7 +296,8 @@ def test_version_prints_the_package_version() -> None:
 
 def test_python_dash_m_gateway_works_like_the_console_script() -> None:
     assert CONSOLE_SCRIPT.exists(), "the package is not installed with its console script"
-    for args, stdin in ((["--version"], b""), (["keys", "hash"], b"csg_abc\n"), (["--help"], b"")):
+    cases = ((["--version"], b""), (["keys", "hash"], BILLING_KEY.encode()), (["--help"], b""))
+    for args, stdin in cases:
         module = run(*args, stdin=stdin)
         script = run(*args, stdin=stdin, program=[str(CONSOLE_SCRIPT)])
         assert module.returncode == script.returncode == 0

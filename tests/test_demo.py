@@ -134,8 +134,10 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
     port = free_port()
     demo = start_demo(port)
     curl = parse_curl(demo.read_until("curl "))
+    refused = parse_curl(demo.read_until("curl "))
     audit_line = demo.read_until("Audit log: ")
     audit_path = Path(audit_line.split("Audit log: ", 1)[1].strip())
+    hint = demo.read_until("verify it with: ").split("verify it with: ", 1)[1].strip()
     folder = audit_path.parent
 
     assert curl.method == "PUT"
@@ -147,19 +149,25 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
     second = perform(curl)
     assert second.status_code == 412, second.text
     assert "error" in second.json()
+    out_of_scope = perform(refused)
+    assert out_of_scope.status_code == 403, out_of_scope.text
+    assert out_of_scope.json()["error"] == "out_of_scope"
+    assert "search" not in out_of_scope.json()["message"]
 
     assert audit_path.exists()
-    wait_for_lines(audit_path, 4)  # two attempts and two results
+    wait_for_lines(audit_path, 5)  # two attempts, two results, one refusal
+    # The hint as printed, by a shell whose PATH lacks .venv/bin (as after `scripts/install`).
     verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(audit_path)],
-        capture_output=True, text=True, timeout=30, check=False,
+        ["/bin/sh", "-c", hint], capture_output=True, text=True, timeout=30, check=False,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith("ok: 4 records")
+    assert verify.stdout.startswith("ok: 5 records")
     records = [json.loads(line) for line in audit_path.read_text().splitlines()]
     results = [r for r in records if r["event"] == "cancel.result"]
-    assert [r["outcome"] for r in results] == ["cancelled", "not_cancelable"]
-    assert [r["team"] for r in results] == ["demo", "demo"]
+    assert [r["outcome"] for r in results] == ["cancelled", "not_cancelable", "forbidden"]
+    assert [r["team"] for r in results] == ["docs", "docs", "docs"]
+    assert [r["database"] for r in results] == ["docs", "docs", "search"]
 
     started = time.monotonic()
     assert demo.stop(timeout=10) == 0

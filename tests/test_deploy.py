@@ -31,6 +31,11 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
 GATEWAY = "chroma-sync-gateway"
+PREFLIGHT = "check-config"  # the init step running `check-config --strict` on the same mounts
+HMAC_SECRET = "chroma-sync-gateway-audit-hmac"
+HMAC_MOUNT = "/var/run/secrets/chroma-sync-gateway-audit"
+AUDIT_VOLUME_BYTES = 1 << 30  # pvc.yaml's 1Gi
+PINNED_BASE = re.compile(r"python:3\.12-slim@sha256:[0-9a-f]{64}")
 APP = "app"
 TOKEN_SECRET = "chroma-sync-token"
 TOKEN_MOUNT = "/var/run/secrets/chroma-sync"
@@ -53,6 +58,7 @@ SPEC_CONFIG_KEYS: dict[str, set[str]] = {
         "checkpoint_seconds",
         "stdout",
         "max_bytes",
+        "keep_files",
     },
     "teams": {"name", "keys", "scope", "enabled"},
 }
@@ -210,10 +216,11 @@ def test_no_secret_manifest_with_a_value_is_shipped() -> None:
 
 
 def check_token_secret_only_in_gateway(dep: Doc, config: dict[str, Any]) -> None:
-    assert containers_using_secret(dep, TOKEN_SECRET) == {GATEWAY}
+    assert containers_using_secret(dep, TOKEN_SECRET) == {GATEWAY, PREFLIGHT}
     volume = volume_named(dep, lambda v: v.get("secret", {}).get("secretName") == TOKEN_SECRET)
     mounts = containers_mounting(dep, volume)
-    assert set(mounts) == {GATEWAY}
+    assert set(mounts) == {GATEWAY, PREFLIGHT}
+    assert mounts[PREFLIGHT] == mounts[GATEWAY]
     mount = mounts[GATEWAY]
     assert mount["mountPath"] == TOKEN_MOUNT
     assert mount.get("readOnly") is True
@@ -293,8 +300,9 @@ def check_audit_volume_only_in_gateway(dep: Doc, config: dict[str, Any]) -> None
         dep, lambda v: v.get("persistentVolumeClaim", {}).get("claimName") == AUDIT_PVC
     )
     mounts = containers_mounting(dep, volume)
-    assert set(mounts) == {GATEWAY}
-    assert mounts[GATEWAY]["mountPath"] == AUDIT_DIR
+    assert set(mounts) == {GATEWAY, PREFLIGHT}
+    assert mounts[PREFLIGHT]["readOnly"] is True  # it checks the folder, never writes it
+    assert mounts[GATEWAY]["mountPath"] == mounts[PREFLIGHT]["mountPath"] == AUDIT_DIR
     assert not mounts[GATEWAY].get("readOnly")
     assert str(Path(config["audit"]["path"]).parent) == AUDIT_DIR
 
@@ -334,7 +342,7 @@ def test_gateway_reads_config_from_configmap_directory_mount() -> None:
     dep = deployment()
     volume = volume_named(dep, lambda v: v.get("configMap", {}).get("name") == CONFIG_MAP)
     mounts = containers_mounting(dep, volume)
-    assert set(mounts) == {GATEWAY}
+    assert set(mounts) == {GATEWAY, PREFLIGHT}
     assert mounts[GATEWAY]["mountPath"] == CONFIG_DIR
     assert "subPath" not in mounts[GATEWAY]
     assert container(dep, GATEWAY)["args"] == ["serve", "--config", f"{CONFIG_DIR}/config.toml"]
@@ -498,7 +506,9 @@ def check_dockerfile_bakes_no_secret(text: str) -> None:
     secretish = [n for n in env_and_arg_names(instructions) if SECRET_NAME.search(n)]
     assert not secretish, f"ENV/ARG that looks like a secret: {secretish}"
     for word, rest in instructions:
-        assert not SECRET_VALUE.search(rest), f"secret-looking value in {word}"
+        # A base image's digest is a sha256 too, and no secret.
+        shown = PINNED_BASE.sub("", rest) if word == "FROM" else rest
+        assert not SECRET_VALUE.search(shown), f"secret-looking value in {word}"
         if word in ("COPY", "ADD"):
             assert not re.search(r"config\.toml|token|secret|\.key\b|\.pem\b", rest, re.I), rest
 
@@ -532,7 +542,7 @@ def test_dockerfile_is_multi_stage_on_python_slim() -> None:
     instructions = dockerfile_instructions(dockerfile_text())
     stages = [rest.split()[0] for word, rest in instructions if word == "FROM"]
     assert len(stages) >= 2
-    assert all(image == "python:3.12-slim" for image in stages), stages
+    assert all(PINNED_BASE.fullmatch(image) for image in stages), stages
 
 
 def dockerfile_args(word: str) -> list[str]:
@@ -583,3 +593,51 @@ def test_dockerfile_user_check_rejects_root_or_named_user(user_line: str | None)
         lines.append(user_line)
     with pytest.raises(AssertionError):
         check_dockerfile_runs_as_non_root_uid("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating it: the pre-deploy check, the HMAC key, retention, every container hardened
+
+
+def test_check_config_strict_runs_first_as_a_plain_init_step() -> None:
+    spec = pod_spec(deployment())
+    first = spec["initContainers"][0]
+    assert first["name"] == PREFLIGHT
+    assert first["args"] == ["check-config", "--strict", "--config", f"{CONFIG_DIR}/config.toml"]
+    assert "restartPolicy" not in first  # not a sidecar: the pod waits until it exits 0
+    assert first["image"] == container(deployment(), GATEWAY)["image"]
+
+
+def test_audit_hmac_key_secret_is_mounted_as_a_directory_where_the_config_reads_it() -> None:
+    dep = deployment()
+    assert containers_using_secret(dep, HMAC_SECRET) == {GATEWAY, PREFLIGHT}
+    volume = volume_named(dep, lambda v: v.get("secret", {}).get("secretName") == HMAC_SECRET)
+    for mount in containers_mounting(dep, volume).values():
+        assert mount["mountPath"] == HMAC_MOUNT and mount["readOnly"] is True
+        assert "subPath" not in mount
+    assert gateway_config()["audit"]["hmac_key_file"] == f"{HMAC_MOUNT}/key"
+
+
+def test_audit_rotation_and_retention_fit_the_volume() -> None:
+    audit = gateway_config()["audit"]
+    storage = only("PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
+    assert storage == "1Gi"
+    # The live file and keep_files rotated ones, each at most max_bytes (plus one batch).
+    used = audit["max_bytes"] * (audit["keep_files"] + 1)
+    assert used <= 0.75 * AUDIT_VOLUME_BYTES, f"{used} bytes leave too little headroom"
+
+
+@pytest.mark.parametrize("name", [APP, PREFLIGHT, GATEWAY])
+def test_every_container_is_hardened(name: str) -> None:
+    sc = container(deployment(), name)["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_deploy_readme_shows_how_checkpoints_leave_the_pod() -> None:
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "audit.checkpoint" in text and "[FILTER]" in text and "Fluent Bit" in text
+    assert "kubectl create secret generic chroma-sync-gateway-audit-hmac" in text

@@ -34,6 +34,7 @@ def touch_everything(metrics: Metrics) -> None:
     metrics.audit_ready.set(1)
     metrics.token_available.set(1)
     metrics.token_rotations.inc()
+    metrics.key_requests.labels("billing", "0123456789ab").inc()
 
 
 def readme_metrics() -> dict[str, set[str]]:

@@ -426,3 +426,52 @@ def test_run_in_thread_exit_is_prompt_while_a_stall_is_in_progress() -> None:
     assert time.monotonic() - started < 1
     sock.close()
     assert not any(t.name == "standin" and t.is_alive() for t in threading.enumerate())
+
+
+# -- get_job and list_jobs -------------------------------------------------------------------
+
+
+def test_get_job_answers_the_job_and_404_for_an_unknown_one() -> None:
+    from gateway.jobs import parse_job_body
+
+    standin = StandIn(TOKEN)
+    with standin.run_in_thread():
+        invocation = standin.add_pending(database="docs", collection="c", kind="s3")
+        headers = {"x-chroma-token": TOKEN}
+        with httpx.Client(base_url=standin.base_url, headers=headers) as client:
+            answer = client.get(f"/api/v1/invocations/{invocation}")
+            assert answer.status_code == 200
+            job = parse_job_body(answer.content)
+            assert (job.id, job.status, job.context.database) == (invocation, "pending", "docs")
+            assert "s3" in answer.json()["metadata"]
+            missing = client.get("/api/v1/invocations/11111111-2222-4333-8444-555555555555")
+            assert missing.status_code == 404
+
+
+def test_list_jobs_filters_orders_and_pages() -> None:
+    standin = StandIn(TOKEN)
+    source = standin.add_source()
+    with standin.run_in_thread():
+        ids = [standin.add_pending(database="docs", source_id=source) for _ in range(5)]
+        standin.add_invocation(state="processing", database="docs", source_id=source)
+        standin.add_pending(database="search")
+        with httpx.Client(base_url=standin.base_url,
+                          headers={"x-chroma-token": TOKEN}) as client:
+            def listed(**params: object) -> list[str]:
+                answer = client.get("/api/v1/invocations", params=params)
+                assert answer.status_code == 200, answer.text
+                return [job["id"] for job in answer.json()]
+
+            assert listed(source_id=source, status="pending", order_by="ASC") == ids
+            assert listed(source_id=source, status="pending") == ids[::-1]  # DESC by default
+            assert listed(database_name="docs", status="pending", order_by="ASC", limit=2,
+                          offset=2) == ids[2:4]
+            assert len(listed(database_name="docs")) == 6
+            assert listed(database_name="nothing") == []
+            both = client.get("/api/v1/invocations",
+                              params={"source_id": source, "database_name": "docs"})
+            assert both.status_code == 400
+            unknown = client.get("/api/v1/invocations",
+                                 params={"source_id": "11111111-2222-4333-8444-555555555555"})
+            assert unknown.status_code == 404
+            assert unknown.json()["message"] == "Source not found"
