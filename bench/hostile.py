@@ -80,7 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port = free_port()
-        config = write_config(folder, upstream_url="http://127.0.0.1:9", port=port)
+        config = write_config(folder, upstream_url="http://127.0.0.1:9", port=port,
+                              audit={"denied_per_second": 20})  # the default, not the tests'
         gateway: RunningGateway = start_gateway(config, port=port)
         try:
             time.sleep(0.5)
