@@ -2,7 +2,8 @@
 
 The cancel route is matched and checked on the *raw* path (Starlette would percent-decode it),
 in the order SPEC.md gives: route, authentication, authorization, invocation id, body, the
-caller's limits, the upstream token, the audit attempt record; then the forward. Every other
+caller's limits, the upstream token, the circuit breaker, the scope lookup, the audit attempt
+record; then the forward (retried when safe, see `gateway.retry`). Every other
 path goes to a small Starlette app.
 """
 
@@ -25,9 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import logs, mapping
+from gateway import logs, mapping, retry
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import Authenticator, Authorizer, Principal
+from gateway.breaker import CircuitBreaker
 from gateway.config import Config
 from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
 from gateway.jobs import JobContext
@@ -82,6 +84,9 @@ class Cancellation:
     batch_id: str | None = None  # set for the cancels of a bulk cancel
     upstream_status: int | None = None
     forwarded: bool = False  # a PUT may have left
+    tries: int = 0  # attempt records written; the last one's `attempt`
+    attempts: int = 0  # PUTs sent (or that may have been): the result's `attempts`
+    reconciled: bool = False  # the answer was settled by a lookup (`gateway.retry`)
 
 
 @dataclass
@@ -150,6 +155,12 @@ class Gateway:
         # Swapped whole by a reload; a request reads it once, at its start.
         self.policy = policy
         self.lookup = lookup or JobLookup(upstream, cache_size=config.upstream.lookup_cache)
+        self.retry_policy = retry.RetryPolicy(config.upstream.retries, config.upstream.deadline)
+        self.breaker = CircuitBreaker(
+            failures=config.upstream.breaker_failures, seconds=config.upstream.breaker_seconds,
+            on_change=lambda opened: self.metrics.circuit_open.set(1 if opened else 0),
+        )
+        upstream.on_exchange = self.breaker.record  # every exchange, lookups included
         self._secrets = secrets or (token,)
         # Files re-read while running; other pieces (config, JWKS) register theirs here too.
         self.watcher = Watcher()
@@ -190,7 +201,7 @@ class Gateway:
                              on_failure=metrics.audit_failures.inc,
                              on_stdout_drop=metrics.audit_stdout_dropped.inc)
         logs.count_dropped_lines(metrics.log_lines_dropped.inc)
-        return cls(
+        gateway = cls(
             config,
             token=token,
             audit=audit,
@@ -199,6 +210,9 @@ class Gateway:
             policy=build_policy(config, metrics),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
         )
+        for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
+            gateway.watcher.add(issuer.file, issuer.adopt)
+        return gateway
 
     # Read-only views of the current policy, for code that handles no request.
     @property
@@ -349,6 +363,8 @@ class Gateway:
         error: str | None = "internal_error"
         failure: GatewayError | None = None
         policy = self.policy  # once: a reload mid-request does not change its rules
+        in_flight: str | None = None  # the team counted in flight, to release
+        probe = False
         try:
             principal = cancel.principal = policy.authenticator.authenticate(headers)
             exchange.team = principal.team
@@ -361,7 +377,10 @@ class Gateway:
                 )
             await _read_small_body(scope, headers, receive)
             self._check_rate(policy, principal.team)
+            policy.in_flight.enter(principal.team)
+            in_flight = principal.team
             token = self._upstream_token()
+            probe = self.breaker.admit()
             scopes = policy.scopes
             if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
                 cancel.context = await self._job_context(cancel.invocation_id, token,
@@ -390,6 +409,11 @@ class Gateway:
         except Exception:
             log.exception("cancel.internal_error", request_id=cancel.request_id)
             failure = GatewayError("internal error")
+        finally:
+            if in_flight is not None:
+                policy.in_flight.leave(in_flight)
+            if probe:
+                self.breaker.end_probe()
         if failure is not None:
             # Outside the handlers, so that nothing here can skip the result record below.
             try:
@@ -415,13 +439,21 @@ class Gateway:
         return token
 
     async def _forward_cancel(self, cancel: Cancellation, token: str) -> mapping.Reply:
-        """The durable attempt record, then the PUT, mapped: what every cancel goes through."""
-        await self.audit.write(self._record(
-            "cancel.attempt", cancel, outcome="pending", status=None, error=None))
-        cancel.forwarded = True
-        reply = await self._forward(cancel.invocation_id, token, cancel.request_id)
-        cancel.upstream_status = reply.upstream_status
-        return reply
+        """What every cancel goes through: for each try, its durable attempt record, then the
+        PUT, mapped; retried when safe and settled by a lookup when ambiguous (`retry`)."""
+        # Lambdas returning the coroutines: no extra coroutine frames on the hot path.
+        sender = retry.Sender(
+            cancel, self.retry_policy, started=cancel.started,
+            record_attempt=lambda: self.audit.write(self._record(
+                "cancel.attempt", cancel, outcome="pending", status=None, error=None)),
+            put=lambda timeout: self._forward(cancel.invocation_id, token, cancel.request_id,
+                                              timeout),
+            look_up=lambda timeout: self.lookup.job(cancel.invocation_id, token=token,
+                                                    request_id=cancel.request_id,
+                                                    timeout=timeout),
+            blocked=lambda: self.breaker.blocking,
+        )
+        return await sender.send()
 
     async def _finish(
         self, cancel: Cancellation, *, status: int, outcome: str, error: str | None
@@ -449,10 +481,11 @@ class Gateway:
         return context
 
     async def _forward(
-        self, invocation_id: str, token: str, request_id: str
+        self, invocation_id: str, token: str, request_id: str, timeout: float | None = None
     ) -> mapping.Reply:
         try:
-            answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id)
+            answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id,
+                                                timeout=timeout)
         except GatewayError as exc:
             self.metrics.upstream_failures.labels(exc.code).inc()
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
@@ -492,6 +525,11 @@ class Gateway:
             "collection": context.collection if context else None,
             "source_id": context.source_id if context else None,
         }
+        if event == "cancel.attempt":
+            record["attempt"] = cancel.tries
+        else:
+            record["attempts"] = cancel.attempts
+            record["reconciled"] = cancel.reconciled
         if cancel.batch_id is not None:
             record["batch_id"] = cancel.batch_id
         return record

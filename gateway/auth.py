@@ -8,6 +8,7 @@ kind of credential itself.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,10 @@ from gateway.errors import RequestRejected, unauthenticated
 
 # A bearer key is 47 characters; anything far longer is not a key and is not worth hashing.
 MAX_CREDENTIAL_BYTES = 1024
+# A projected service-account token is ~1 to 1.5 KB; a JWT is refused past this, unparsed.
+MAX_JWT_BYTES = 8192
+# Three base64url segments (a team key has no dot): such a credential is a JWT's to check.
+JWT_SHAPE = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,9 @@ class Authorizer(Protocol):
         """Return if the principal may cancel, else raise `RequestRejected` (403)."""
 
 
-def bearer_credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+def bearer_credential(
+    headers: Sequence[tuple[bytes, bytes]], *, max_bytes: int = MAX_CREDENTIAL_BYTES
+) -> bytes | None:
     """The one `Authorization: Bearer` credential, or None when absent, repeated or malformed."""
     found: bytes | None = None
     count = 0
@@ -50,7 +57,7 @@ def bearer_credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     if scheme.lower() != b"bearer":
         return None
     credential = credential.strip(b" \t")
-    if not credential or len(credential) > MAX_CREDENTIAL_BYTES:
+    if not credential or len(credential) > max_bytes:
         return None
     return credential
 
@@ -70,7 +77,9 @@ class TeamKeyAuthenticator:
                 self._entries.append((raw, Principal(team.name, keys.key_id(stored))))
 
     def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal:
-        credential = bearer_credential(headers)
+        return self.authenticate_credential(bearer_credential(headers))
+
+    def authenticate_credential(self, credential: bytes | None) -> Principal:
         # Hash even a missing credential so that absent and wrong keys cost the same.
         presented = keys.digest(credential if credential is not None else b"")
         match: Principal | None = None
@@ -80,6 +89,31 @@ class TeamKeyAuthenticator:
         if credential is None or match is None:
             raise unauthenticated()
         return match
+
+
+class TokenAuthenticator(Protocol):
+    def authenticate_credential(self, credential: bytes) -> Principal:
+        """Return the caller a JWT names, or raise `RequestRejected` (401)."""
+
+
+class CompositeAuthenticator:
+    """Team keys and workload-identity JWTs side by side, told apart by their shape.
+
+    The header is parsed once, with the JWT's larger cap; anything that isn't JWT-shaped gets
+    exactly the team-key check (its 1 KiB cap and constant-time comparison included).
+    """
+
+    def __init__(self, team_keys: TeamKeyAuthenticator, tokens: TokenAuthenticator) -> None:
+        self._team_keys = team_keys
+        self._tokens = tokens
+
+    def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal:
+        credential = bearer_credential(headers, max_bytes=MAX_JWT_BYTES)
+        if credential is not None and JWT_SHAPE.fullmatch(credential):
+            return self._tokens.authenticate_credential(credential)
+        if credential is not None and len(credential) > MAX_CREDENTIAL_BYTES:
+            credential = None
+        return self._team_keys.authenticate_credential(credential)
 
 
 class TeamSwitchAuthorizer:

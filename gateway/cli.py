@@ -144,6 +144,15 @@ def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
               f"{'enabled' if team.enabled else 'DISABLED'}, "
               f"{team.rate_limit:g}/s burst {team.burst}, "
               f"scope {', '.join(team.scope.entries())}")
+        if team.service_accounts:
+            print(f"    service accounts: {', '.join(team.service_accounts)}")
+    if cfg.issuers:
+        from gateway.identity import jwks_state
+
+        print(f"issuers: {len(cfg.issuers)}")
+        for issuer in cfg.issuers:
+            print(f"  {issuer.name}: iss {issuer.issuer}, audience {issuer.audience}, "
+                  f"jwks {issuer.jwks_file}: {jwks_state(issuer.jwks_file)}")
     if not strict:
         return EXIT_OK
     from gateway.preflight import strict_findings

@@ -29,6 +29,9 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Transport = Literal["aiohttp", "httpx"]
 BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Kubernetes names: a namespace is a DNS-1123 label, a service account a DNS-1123 subdomain.
+SERVICE_ACCOUNT_RE = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class UpstreamConfig:
     max_connections: int = 100
     transport: Transport = "aiohttp"
     lookup_cache: int = 10_000  # job contexts kept, least recently used out
+    retries: int = 2  # PUTs after the first, when safe
+    deadline: float = 15.0  # seconds from arrival for every PUT of one cancel
+    breaker_failures: int = 5  # consecutive failed exchanges that open the circuit
+    breaker_seconds: float = 10.0  # how long it stays open before a probe
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,21 @@ class TeamConfig:
     name: str
     keys: tuple[str, ...]
     scope: Scope = UNRESTRICTED
+    service_accounts: tuple[str, ...] = ()  # "NAMESPACE/NAME", verified by an [[issuers]] entry
     enabled: bool = True
     rate_limit: float = 50.0
     burst: int = 100
+    max_in_flight: int = 32  # concurrent cancels of the team
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """A cluster whose projected service-account tokens (JWTs) are accepted."""
+
+    name: str
+    issuer: str  # the tokens' `iss`
+    audience: str  # required in the tokens' `aud`
+    jwks_file: str  # the issuer's public keys (JSON Web Key Set), re-read when it changes
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ class Config:
     audit: AuditConfig
     teams: tuple[TeamConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
+    issuers: tuple[IssuerConfig, ...] = ()
 
 
 def config_path(explicit: str | None) -> str:
@@ -206,14 +226,16 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         for name in data:
-            if name not in {"server", "upstream", "audit", "teams"}:
+            if name not in {"server", "upstream", "audit", "teams", "issuers"}:
                 raise self.fail(_key_name(name), "is not a known key")
+        issuers = self.issuers(data)
         config = Config(
             source=self.source,
             server=self.server(data),
             upstream=self.upstream(data),
             audit=self.audit(data),
-            teams=self.teams(data),
+            teams=self.teams(data, has_issuers=bool(issuers)),
+            issuers=issuers,
         )
         if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
             # Auditors get the HMAC key; they must never get the Chroma token with it.
@@ -250,7 +272,10 @@ class _Parser:
 
     def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
         allowed = {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"}
-        t = self.table(data, "upstream", allowed | {"max_connections", "transport", "lookup_cache"})
+        t = self.table(data, "upstream", allowed | {
+            "max_connections", "transport", "lookup_cache", "retries", "deadline",
+            "breaker_failures", "breaker_seconds",
+        })
         d = UpstreamConfig()
         token_file = self.get(t, "upstream", "token_file", self.string, None)
         token_env = self.get(t, "upstream", "token_env", self.env_name, None)
@@ -277,6 +302,15 @@ class _Parser:
                 t, "upstream", "lookup_cache", lambda k, v: self.count(k, v, 0, 10_000_000),
                 d.lookup_cache,
             ),
+            retries=self.get(
+                t, "upstream", "retries", lambda k, v: self.count(k, v, 0, 10), d.retries),
+            deadline=self.get(t, "upstream", "deadline", self.positive, d.deadline),
+            breaker_failures=self.get(
+                t, "upstream", "breaker_failures", lambda k, v: self.count(k, v, 1, 10**6),
+                d.breaker_failures,
+            ),
+            breaker_seconds=self.get(
+                t, "upstream", "breaker_seconds", self.positive, d.breaker_seconds),
         )
 
     def transport(self, key: str, value: object) -> Transport:
@@ -357,7 +391,9 @@ class _Parser:
             ),
         )
 
-    def teams(self, data: Mapping[str, Any]) -> tuple[TeamConfig, ...]:
+    def teams(
+        self, data: Mapping[str, Any], *, has_issuers: bool = False
+    ) -> tuple[TeamConfig, ...]:
         raw = data.get("teams")
         if raw is None:
             raise self.fail("teams", "is required: at least one [[teams]] table")
@@ -366,12 +402,14 @@ class _Parser:
         teams: list[TeamConfig] = []
         seen_names: set[str] = set()
         seen_keys: set[str] = set()
+        seen_accounts: dict[str, str] = {}
         for index, entry in enumerate(raw):
             prefix = f"teams[{index}]"
             if not isinstance(entry, dict):
                 raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
             for name in entry:
-                if name not in {"name", "keys", "scope", "enabled", "rate_limit", "burst"}:
+                if name not in {"name", "keys", "scope", "enabled", "rate_limit", "burst",
+                                "service_accounts", "max_in_flight"}:
                     raise self.fail(f"{prefix}.{_key_name(name)}", "is not a known key")
             if "name" not in entry:
                 raise self.fail(f"{prefix}.name", "is required")
@@ -384,7 +422,16 @@ class _Parser:
             if name in seen_names:
                 raise self.fail(f"{prefix}.name", f"repeats team {_shown(name)}")
             seen_names.add(name)
-            keys = self.stored_keys(f"{prefix}.keys", entry.get("keys"), seen_keys)
+            # Keys, service accounts, or both: a team needs at least one way in.
+            accounts: tuple[str, ...] = ()
+            if "service_accounts" in entry:
+                accounts = self.service_accounts(
+                    f"{prefix}.service_accounts", entry["service_accounts"], name, seen_accounts,
+                    has_issuers=has_issuers,
+                )
+            keys: tuple[str, ...] = ()
+            if "keys" in entry or not accounts:
+                keys = self.stored_keys(f"{prefix}.keys", entry.get("keys"), seen_keys)
             rate = self.get(entry, prefix, "rate_limit", self.positive, TeamConfig.rate_limit)
             burst = self.get(
                 entry, prefix, "burst", lambda k, v: self.count(k, v, 1, 10**9),
@@ -395,12 +442,71 @@ class _Parser:
                     name=name,
                     keys=keys,
                     scope=self.scope(f"{prefix}.scope", entry.get("scope")),
+                    service_accounts=accounts,
                     enabled=self.get(entry, prefix, "enabled", self.boolean, True),
                     rate_limit=rate,
                     burst=burst,
+                    max_in_flight=self.get(
+                        entry, prefix, "max_in_flight", lambda k, v: self.count(k, v, 1, 10**6),
+                        TeamConfig.max_in_flight,
+                    ),
                 )
             )
         return tuple(teams)
+
+    def service_accounts(
+        self, key: str, value: object, team: str, seen: dict[str, str], *, has_issuers: bool
+    ) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f'must be a non-empty array of "NAMESPACE/NAME", got '
+                                 f"{_shown(value)}")
+        if not has_issuers:
+            raise self.fail(key, "needs an [[issuers]] entry to verify the accounts' tokens")
+        accounts: list[str] = []
+        for index, item in enumerate(value):
+            where = f"{key}[{index}]"
+            if not isinstance(item, str) or not SERVICE_ACCOUNT_RE.fullmatch(item):
+                raise self.fail(
+                    where, f'must be "NAMESPACE/NAME" (Kubernetes names), got {_shown(item)}')
+            if item in seen:
+                # One account, one team: otherwise its key_id would name two principals.
+                raise self.fail(where, f"repeats {_shown(item)}, already a service account of "
+                                       f"team {_shown(seen[item])}")
+            seen[item] = team
+            accounts.append(item)
+        return tuple(accounts)
+
+    def issuers(self, data: Mapping[str, Any]) -> tuple[IssuerConfig, ...]:
+        raw = data.get("issuers")
+        if raw is None:
+            return ()
+        if not isinstance(raw, list) or not raw:
+            raise self.fail("issuers", f"must be one or more [[issuers]] tables, got {_shown(raw)}")
+        issuers: list[IssuerConfig] = []
+        for index, entry in enumerate(raw):
+            prefix = f"issuers[{index}]"
+            if not isinstance(entry, dict):
+                raise self.fail(prefix, f"must be a table, got {_shown(entry)}")
+            for name in entry:
+                if name not in {"name", "issuer", "audience", "jwks_file"}:
+                    raise self.fail(f"{prefix}.{_key_name(name)}", "is not a known key")
+            values: dict[str, str] = {}
+            for name in ("name", "issuer", "audience", "jwks_file"):
+                if name not in entry:
+                    raise self.fail(f"{prefix}.{name}", "is required")
+                values[name] = self.string(f"{prefix}.{name}", entry[name])
+            if not TEAM_NAME_RE.fullmatch(values["name"]):
+                raise self.fail(
+                    f"{prefix}.name", "must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric,"
+                                      f" got {_shown(values['name'])}")
+            for other in issuers:
+                # A token's `iss` must select exactly one entry, and names label logs.
+                for name in ("name", "issuer"):
+                    if getattr(other, name) == values[name]:
+                        raise self.fail(f"{prefix}.{name}",
+                                        f"repeats {_shown(values[name])} of another issuer")
+            issuers.append(IssuerConfig(**values))
+        return tuple(issuers)
 
     def scope(self, key: str, value: object) -> Scope:
         if value is None:

@@ -71,6 +71,9 @@ class UpstreamFailure(GatewayError):
     status = 502
     code = "upstream_unavailable"
     outcome = "upstream_error"
+    # False only when the request certainly never left (refused, connect timeout): then a
+    # retry is safe. True covers "may have arrived", which reconciliation has to settle.
+    sent: bool = True
 
 
 class ConfigError(Exception):

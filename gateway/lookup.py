@@ -35,9 +35,12 @@ class JobLookup:
         if len(self._contexts) > self._cache_size:
             self._contexts.popitem(last=False)
 
-    async def job(self, invocation_id: str, *, token: str, request_id: str) -> Job:
+    async def job(
+        self, invocation_id: str, *, token: str, request_id: str, timeout: float | None = None
+    ) -> Job:
         """The job as upstream says it is now; raises the mapped `GatewayError` otherwise."""
-        answer = await self._upstream.get_job(invocation_id, token=token, request_id=request_id)
+        answer = await self._upstream.get_job(invocation_id, token=token, request_id=request_id,
+                                              timeout=timeout)
         if answer.status != 200:
             raise mapping.refusal(answer, secrets=(token,))
         try:

@@ -31,7 +31,7 @@ class Reply:
     body: bytes
     outcome: str
     error: str | None
-    upstream_status: int
+    upstream_status: int | None  # None: settled by a lookup after a PUT with no answer
     headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -69,6 +69,10 @@ class Metrics:
             "chroma_sync_gateway_upstream_token_available",
             "1 when a valid upstream token is loaded.", registry=r,
         )
+        self.circuit_open = Gauge(
+            "chroma_sync_gateway_upstream_circuit_open",
+            "1 while the upstream circuit breaker is open (until a probe succeeds).", registry=r,
+        )
         self.token_rotations = Counter(
             "chroma_sync_gateway_upstream_token_changes",
             "Times the upstream token file changed.", registry=r,

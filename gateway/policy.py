@@ -18,11 +18,14 @@ from gateway import keys
 from gateway.auth import (
     Authenticator,
     Authorizer,
+    CompositeAuthenticator,
     Principal,
     TeamKeyAuthenticator,
     TeamSwitchAuthorizer,
 )
 from gateway.config import Config, TeamConfig
+from gateway.identity import IssuerKeys, ServiceAccountAuthenticator, load_issuers
+from gateway.inflight import InFlight
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
 from gateway.scopes import ScopeAuthorizer
@@ -34,10 +37,13 @@ class Policy:
     authenticator: Authenticator
     authorizer: Authorizer
     limits: TeamLimits
+    in_flight: InFlight
     scopes: ScopeAuthorizer
     key_requests: Mapping[str, Counter]
     """key_id -> its labelled counter, made here so a request does no label lookup."""
     key_metric: Counter
+    # The `[[issuers]]` key sets: kept across reloads (issuers change only with a restart).
+    issuers: tuple[IssuerKeys, ...] = ()
 
     def key_used(self, principal: Principal) -> None:
         counter = self.key_requests.get(principal.key_id)
@@ -53,12 +59,24 @@ def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = 
         for team in config.teams
         for stored in team.keys
     }
+    key_requests.update({
+        f"sa:{account}": metrics.key_requests.labels(team.name, f"sa:{account}")
+        for team in config.teams
+        for account in team.service_accounts
+    })
+    issuers = previous.issuers if previous else load_issuers(config)
+    authenticator: Authenticator = TeamKeyAuthenticator(config.teams)
+    if issuers:
+        authenticator = CompositeAuthenticator(
+            TeamKeyAuthenticator(config.teams), ServiceAccountAuthenticator(issuers, config.teams))
     return Policy(
         teams=config.teams,
-        authenticator=TeamKeyAuthenticator(config.teams),
+        authenticator=authenticator,
         authorizer=TeamSwitchAuthorizer(config.teams),
         limits=TeamLimits(config.teams, previous=previous.limits if previous else None),
+        in_flight=InFlight(config.teams, previous=previous.in_flight if previous else None),
         scopes=ScopeAuthorizer({t.name: t.scope for t in config.teams}),
         key_requests=key_requests,
         key_metric=metrics.key_requests,
+        issuers=issuers,
     )

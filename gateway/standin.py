@@ -17,7 +17,10 @@ cancel operation:
 - any other route is 404. Every error body is an ErrorResponse `{"error", "message"}`.
 
 A `behaviour` callable sees each request first and may return an action to take instead;
-returning None falls through to the default semantics above.
+returning None falls through to a script, then to the default semantics above.
+`script(invocation_id, steps)` makes one invocation misbehave: each PUT of it takes the next
+step (an action, or `TakeEffect(action)`: the cancel takes effect, then the action replaces the
+answer), and the default semantics come back when the steps run out.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import struct
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +57,7 @@ __all__ = [
     "Respond",
     "Stall",
     "StandIn",
+    "TakeEffect",
     "json_response",
 ]
 
@@ -161,6 +166,17 @@ class Delay:
 
 Action = Respond | Stall | Reset | Raw | Close | Delay
 Behaviour = Callable[[ReceivedRequest], Action | None]
+
+
+@dataclass(frozen=True)
+class TakeEffect:
+    """A scripted PUT's step: the cancel takes effect (a pending invocation becomes
+    `cancelled`), then `then` replaces the answer (`Stall`, `Reset`, a late `Delay`, ...)."""
+
+    then: Action
+
+
+Step = Action | TakeEffect
 
 
 def json_response(status: int, obj: Any, headers: tuple[tuple[str, str], ...] = ()) -> Respond:
@@ -435,6 +451,7 @@ class StandIn:
         self.connection_count = 0  # connections accepted so far
         self._jobs: dict[str, StandInJob] = {}
         self._sources: set[str] = set()
+        self._scripts: dict[str, deque[Step]] = {}  # per invocation: steps for its next PUTs
         self._lock = threading.Lock()  # add_pending() may run on another thread
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
@@ -530,6 +547,30 @@ class StandIn:
             job = None if canonical is None else self._jobs.get(canonical)
             return None if job is None else job.as_json()
 
+    def script(self, invocation_id: str, steps: Iterable[Step]) -> None:
+        """The next PUTs of `invocation_id` take these steps, in order, one each."""
+        canonical = _canonical(invocation_id)
+        if canonical is None:
+            raise ValueError(f"not a UUID: {invocation_id!r}")
+        with self._lock:
+            self._scripts[canonical] = deque(steps)
+
+    def _scripted(self, request: ReceivedRequest) -> Action | None:
+        if request.method != "PUT" or not self._scripts:
+            return None
+        canonical = _canonical(request.target.partition("?")[0][len(_INVOCATION_PREFIX):])
+        with self._lock:
+            steps = self._scripts.get(canonical or "")
+            if not steps:
+                return None
+            step = steps.popleft()
+            if not isinstance(step, TakeEffect):
+                return step
+            job = self._jobs.get(canonical or "")
+            if job is not None and job.state == "pending":
+                job.state = "cancelled"
+            return step.then
+
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[StandIn]:
         """Run on a fresh event loop in a daemon thread for the `with` block."""
@@ -558,7 +599,7 @@ class StandIn:
             action = behaviour(request)
             if action is not None:
                 return action
-        return self._chroma(request)
+        return self._scripted(request) or self._chroma(request)
 
     def _chroma(self, request: ReceivedRequest) -> Respond:
         """What Chroma Sync itself answers."""

@@ -15,7 +15,7 @@ import asyncio
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -57,6 +57,8 @@ class UpstreamClient:
         self._list_url = config.base_url + LIST_PATH
         self._deadline = config.timeout
         self.transport_name = transport
+        # Told of every exchange: True when it failed (transport error, timeout or 5xx).
+        self.on_exchange: Callable[[bool], None] | None = None
         context = ssl_context(config.ca_file)
         # Per-phase timeouts only bound the connect; the whole exchange has its own deadline.
         self._extensions = {
@@ -81,13 +83,22 @@ class UpstreamClient:
     def url_for(self, invocation_id: str) -> str:
         return self._prefix + invocation_id
 
-    async def cancel(self, invocation_id: str, *, token: str, request_id: str) -> UpstreamAnswer:
-        """PUT the cancel; `invocation_id` must already be the canonical lowercase UUID."""
-        return await self._exchange("PUT", self.url_for(invocation_id), token, request_id)
+    async def cancel(
+        self, invocation_id: str, *, token: str, request_id: str, timeout: float | None = None
+    ) -> UpstreamAnswer:
+        """PUT the cancel; `invocation_id` must already be the canonical lowercase UUID.
 
-    async def get_job(self, invocation_id: str, *, token: str, request_id: str) -> UpstreamAnswer:
+        `timeout` shortens `upstream.timeout` (a cancel's remaining deadline), never lengthens it.
+        """
+        return await self._exchange("PUT", self.url_for(invocation_id), token, request_id,
+                                    timeout)
+
+    async def get_job(
+        self, invocation_id: str, *, token: str, request_id: str, timeout: float | None = None
+    ) -> UpstreamAnswer:
         """`get_job`: GET one invocation; `invocation_id` is the canonical lowercase UUID."""
-        return await self._exchange("GET", self.url_for(invocation_id), token, request_id)
+        return await self._exchange("GET", self.url_for(invocation_id), token, request_id,
+                                    timeout)
 
     async def list_jobs(
         self, params: Mapping[str, str | int], *, token: str, request_id: str
@@ -96,8 +107,8 @@ class UpstreamClient:
         url = self._list_url + "?" + urllib.parse.urlencode(params)
         return await self._exchange("GET", url, token, request_id)
 
-    async def _exchange(self, method: str, url: str, token: str, request_id: str
-                        ) -> UpstreamAnswer:
+    async def _exchange(self, method: str, url: str, token: str, request_id: str,
+                        timeout: float | None = None) -> UpstreamAnswer:
         # No client means no default headers (accept-encoding, connection) merged in: this
         # list is the whole allowlist.
         request = httpx.Request(
@@ -112,28 +123,39 @@ class UpstreamClient:
             extensions=self._extensions,
         )
         started = time.perf_counter()
+        seconds = self._deadline if timeout is None else min(timeout, self._deadline)
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(seconds):
                 response = await self._transport.handle_async_request(request)
                 try:
                     body = await _read_limited(response)
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
+            self._report(True)
             raise UpstreamFailure(
-                f"Chroma Sync did not answer within {self._deadline:g} s",
+                f"Chroma Sync did not answer within {seconds:g} s",
                 status=504,
                 code="upstream_timeout",
             ) from exc
         except UpstreamFailure:
+            self._report(True)
             raise
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise UpstreamFailure(
+            self._report(True)
+            failure = UpstreamFailure(
                 f"Chroma Sync could not be reached or sent a broken response ({_kind(exc)})"
-            ) from exc
+            )
+            failure.sent = not _never_sent(exc)
+            raise failure from exc
+        self._report(500 <= response.status_code <= 599)
         return UpstreamAnswer(
             response.status_code, response.headers, body, time.perf_counter() - started
         )
+
+    def _report(self, failed: bool) -> None:
+        if self.on_exchange is not None:
+            self.on_exchange(failed)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -174,6 +196,26 @@ def _aiohttp_session(config: UpstreamConfig, context: ssl.SSLContext) -> aiohttp
     # There is no public switch; aiohttp's own test client turns it off the same way.
     session._retry_connection = False
     return session
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the request certainly never left: the connection was never made.
+
+    httpx-aiohttp maps most aiohttp connection errors (a dropped kept-alive connection
+    included) to `httpx.ConnectTimeout`, so aiohttp's own exception, the cause, decides.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None:
+        chain.append(current)
+        current = current.__cause__
+    if any(isinstance(e, aiohttp.ClientError) for e in chain):
+        return any(
+            isinstance(e, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+            for e in chain
+        )
+    return any(isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError)
+               for e in chain)
 
 
 def _kind(exc: BaseException) -> str:

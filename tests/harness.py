@@ -52,15 +52,16 @@ def toml_value(value: Any) -> str:
 def render_toml(data: Mapping[str, Any]) -> str:
     lines: list[str] = []
     for section, table in data.items():
-        if section == "teams":
+        if isinstance(table, list):
             continue
         lines.append(f"[{section}]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None)
         lines.append("")
-    for team in data.get("teams", []):
-        lines.append("[[teams]]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in team.items())
-        lines.append("")
+    for section, tables in data.items():  # arrays of tables: [[teams]], [[issuers]]
+        for entry in tables if isinstance(tables, list) else ():
+            lines.append(f"[[{section}]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in entry.items())
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -87,6 +88,7 @@ def write_config(
     audit: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
     teams: list[dict[str, Any]] | None = None,
+    issuers: list[dict[str, Any]] | None = None,
     token: str | None = UPSTREAM_TOKEN,
 ) -> Path:
     """A config in `folder`; the token goes to `folder/token` unless `token` is None."""
@@ -108,6 +110,8 @@ def write_config(
                   "denied_per_second": 100_000, **(audit or {})},
         "teams": teams if teams is not None else default_teams(),
     }
+    if issuers:
+        data["issuers"] = issuers
     path = folder / "config.toml"
     path.write_text(render_toml(data))
     return path
@@ -308,12 +312,20 @@ def _nothing_in_flight(records: list[dict[str, Any]]) -> bool:
     return attempted <= {r["request_id"] for r in records if r["event"] == "cancel.result"}
 
 
+# A gateway shared by many tests: one test's upstream failures must not open the circuit
+# breaker for the next.
+SHARED_UPSTREAM = {"breaker_failures": 1_000_000}
+
+
 @contextlib.contextmanager
-def running_servers(folder: Path) -> Iterator[Servers]:
+def running_servers(
+    folder: Path, *, upstream: Mapping[str, Any] | None = None
+) -> Iterator[Servers]:
     standin = StandIn(token=UPSTREAM_TOKEN)
     with standin.run_in_thread():
         port = free_port()
-        config = write_config(folder, upstream_url=standin.base_url, port=port)
+        config = write_config(folder, upstream_url=standin.base_url, port=port,
+                              upstream={**SHARED_UPSTREAM, **(upstream or {})})
         gateway = start_gateway(config, port=port)
         try:
             yield Servers(standin, gateway)

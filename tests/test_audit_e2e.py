@@ -31,6 +31,8 @@ CANCEL_FIELDS = {
     "status", "upstream_status", "error", "duration_ms", "database", "collection", "source_id",
 }
 CHAIN_FIELDS = {"seq", "prev", "hash"}
+ATTEMPT_FIELDS = {"attempt"}  # the try's number
+RESULT_FIELDS = {"attempts", "reconciled"}  # PUTs sent; settled by a lookup
 TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 HMAC_KEY = "audit-hmac-key-0123456789abcdefghijklmnop"
 
@@ -153,7 +155,8 @@ def test_every_audit_field_is_present_with_the_right_type(
     assert re.fullmatch(r"[0-9a-f]{12}", key_id)
     now = datetime.now(UTC)
     for record in records:
-        assert set(record) == CANCEL_FIELDS | CHAIN_FIELDS
+        own = ATTEMPT_FIELDS if record["event"] == "cancel.attempt" else RESULT_FIELDS
+        assert set(record) == CANCEL_FIELDS | CHAIN_FIELDS | own
         assert TS_RE.fullmatch(record["ts"]), record["ts"]
         moment = datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%f%z")
         assert abs((now - moment).total_seconds()) < 60
@@ -173,6 +176,8 @@ def test_every_audit_field_is_present_with_the_right_type(
         "cancel.result", "fields-ok", "cancelled")
     assert (result["status"], result["upstream_status"], result["error"]) == (202, 202, None)
     assert (result["team"], result["key_id"]) == ("billing", key_id)
+    assert (attempt["attempt"], result["attempts"], result["reconciled"]) == (1, 1, False)
+    assert (r401["attempts"], r401["reconciled"], r400["attempts"]) == (0, False, 0)
     assert (r401["event"], r401["outcome"], r401["status"], r401["error"]) == (
         "cancel.result", "unauthenticated", 401, "unauthenticated")
     assert (r401["team"], r401["key_id"], r401["upstream_status"]) == (None, None, None)

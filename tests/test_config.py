@@ -78,6 +78,7 @@ def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> config.Config:
 KEY_LINE = re.compile(r"^(#\s*)?([a-z_]+)\s*=\s*(.*)$")
 SECTIONS = {
     "[server]": "server", "[upstream]": "upstream", "[audit]": "audit", "[[teams]]": "teams",
+    "[[issuers]]": "issuers",
 }
 
 
@@ -105,6 +106,7 @@ def accepted_keys() -> dict[str, set[str]]:
             ("upstream", config.UpstreamConfig),
             ("audit", config.AuditConfig),
             ("teams", config.TeamConfig),
+            ("issuers", config.IssuerConfig),
         )
     }
 
@@ -745,3 +747,112 @@ def test_lookup_cache_and_record_context_defaults_and_bounds(tmp_path: Path) -> 
     assert "upstream.lookup_cache must be a whole number" in message
     message = load_error(tmp_path, changed("audit", record_context="yes"))
     assert "audit.record_context must be true or false" in message
+
+
+# --- workload identity: [[issuers]] and teams.service_accounts -----------------------------
+
+ISSUER = {"name": "prod", "issuer": "https://kubernetes.default.svc", "audience": "csg",
+          "jwks_file": "jwks.json"}
+
+
+def with_identity(accounts: Any = DELETE, **team: Any) -> dict[str, Any]:
+    data = changed("teams", service_accounts=accounts, **team)
+    data["issuers"] = [dict(ISSUER)]
+    return data
+
+
+def test_issuers_and_service_accounts_parse_into_frozen_values(tmp_path: Path) -> None:
+    data = with_identity(["billing/worker", "billing/cron.v2"])
+    data["issuers"].append({**ISSUER, "name": "dr", "issuer": "https://dr.example"})
+    cfg = load_ok(tmp_path, data)
+    assert cfg.issuers == (
+        config.IssuerConfig("prod", "https://kubernetes.default.svc", "csg", "jwks.json"),
+        config.IssuerConfig("dr", "https://dr.example", "csg", "jwks.json"),
+    )
+    assert cfg.teams[0].service_accounts == ("billing/worker", "billing/cron.v2")
+    assert cfg.teams[0].keys == (KEY_A,)
+
+
+def test_a_team_may_have_service_accounts_and_no_keys(tmp_path: Path) -> None:
+    cfg = load_ok(tmp_path, with_identity(["billing/worker"], keys=DELETE))
+    assert cfg.teams[0].keys == ()
+    assert cfg.teams[0].service_accounts == ("billing/worker",)
+
+
+def test_a_team_with_neither_keys_nor_service_accounts_is_refused(tmp_path: Path) -> None:
+    message = load_error(tmp_path, with_identity(keys=DELETE))
+    assert message.startswith("teams[0].keys must be a non-empty array of stored keys")
+
+
+def test_no_issuers_means_none(tmp_path: Path) -> None:
+    assert load_ok(tmp_path, base()).issuers == ()
+    assert load_ok(tmp_path, base()).teams[0].service_accounts == ()
+
+
+@pytest.mark.parametrize("account", [
+    "worker", "billing/", "/worker", "Billing/worker", "billing/worker/x", "bill_ing/worker",
+    "billing/-worker", "a" * 64 + "/worker", "billing/" + "w" * 254, "billing/wörker", 7,
+])
+def test_a_malformed_service_account_is_refused_naming_its_index(
+    tmp_path: Path, account: Any
+) -> None:
+    message = load_error(tmp_path, with_identity(["billing/ok", account]))
+    assert message.startswith('teams[0].service_accounts[1] must be "NAMESPACE/NAME"'), message
+
+
+@pytest.mark.parametrize("value", [[], "billing/worker", 3])
+def test_service_accounts_must_be_a_non_empty_array(tmp_path: Path, value: Any) -> None:
+    message = load_error(tmp_path, with_identity(value))
+    assert message.startswith("teams[0].service_accounts must be a non-empty array"), message
+
+
+def test_a_service_account_listed_by_two_teams_is_refused(tmp_path: Path) -> None:
+    data = with_identity(["billing/worker"])
+    data["teams"].append({"name": "ops", "keys": [KEY_B], "scope": ["*"],
+                          "service_accounts": ["ops/runner", "billing/worker"]})
+    message = load_error(tmp_path, data)
+    assert message == ('teams[1].service_accounts[1] repeats "billing/worker", already a '
+                       'service account of team "billing"')
+
+
+def test_service_accounts_without_an_issuer_are_refused(tmp_path: Path) -> None:
+    message = load_error(tmp_path, changed("teams", service_accounts=["billing/worker"]))
+    assert message == ("teams[0].service_accounts needs an [[issuers]] entry to verify the "
+                       "accounts' tokens")
+
+
+@pytest.mark.parametrize("missing", ["name", "issuer", "audience", "jwks_file"])
+def test_an_issuer_missing_a_key_is_refused_naming_it(tmp_path: Path, missing: str) -> None:
+    data = with_identity(["billing/worker"])
+    del data["issuers"][0][missing]
+    assert load_error(tmp_path, data) == f"issuers[0].{missing} is required"
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("jwks_file", "", 'must be a non-empty string, got ""'),
+    ("audience", 7, "must be a non-empty string, got 7"),
+    ("name", "bad name", 'must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric, got '
+                         '"bad name"'),
+    ("colour", "blue", "is not a known key"),
+])
+def test_a_bad_issuer_key_is_refused_naming_it(
+    tmp_path: Path, key: str, value: Any, problem: str
+) -> None:
+    data = with_identity(["billing/worker"])
+    data["issuers"][0][key] = value
+    assert load_error(tmp_path, data) == f"issuers[0].{key} {problem}"
+
+
+@pytest.mark.parametrize("key", ["name", "issuer"])
+def test_a_repeated_issuer_name_or_iss_is_refused(tmp_path: Path, key: str) -> None:
+    data = with_identity(["billing/worker"])
+    other = {**ISSUER, "name": "other", "issuer": "https://other.example", key: ISSUER[key]}
+    data["issuers"].append(other)
+    assert load_error(tmp_path, data) == (
+        f'issuers[1].{key} repeats "{ISSUER[key]}" of another issuer')
+
+
+def test_issuers_that_are_not_an_array_of_tables_are_refused(tmp_path: Path) -> None:
+    data = base()
+    data["issuers"] = {"name": "x"}
+    assert load_error(tmp_path, data).startswith("issuers must be one or more [[issuers]]")

@@ -60,7 +60,8 @@ SPEC_CONFIG_KEYS: dict[str, set[str]] = {
         "max_bytes",
         "keep_files",
     },
-    "teams": {"name", "keys", "scope", "enabled"},
+    "teams": {"name", "keys", "scope", "enabled", "service_accounts"},
+    "issuers": {"name", "issuer", "audience", "jwks_file"},
 }
 
 Doc = dict[str, Any]
@@ -276,9 +277,11 @@ def check_config_uses_only_spec_keys(config: dict[str, Any]) -> None:
         f"unknown sections {set(config) - set(SPEC_CONFIG_KEYS)}"
     )
     for section, keys in SPEC_CONFIG_KEYS.items():
-        tables = config.get(section, [] if section == "teams" else {})
+        tables = config.get(section, [] if section in ("teams", "issuers") else {})
         if section == "teams":
             assert isinstance(tables, list) and tables, "teams must be a non-empty [[teams]] array"
+        elif section == "issuers":
+            assert isinstance(tables, list), "issuers must be an [[issuers]] array"
         else:
             tables = [tables]
         for table in tables:
@@ -291,7 +294,7 @@ def check_config_uses_only_spec_keys(config: dict[str, Any]) -> None:
     assert ("token_file" in config["upstream"]) != ("token_env" in config["upstream"])
     assert config["audit"]["fsync"] is True
     for team in config["teams"]:
-        for key in team["keys"]:
+        for key in team.get("keys", []):
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", key), f"not a stored key form: {key!r}"
 
 
@@ -456,6 +459,125 @@ def test_config_check_rejects_bad_config(label: str, old: str, new: str) -> None
     assert old in text, label
     with pytest.raises(AssertionError):
         check_config_uses_only_spec_keys(tomllib.loads(text.replace(old, new, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload identity: the app's projected token, the gateway's JWKS
+
+
+IDENTITY_VOLUME_AUDIENCE = "chroma-sync-gateway"
+MAX_TOKEN_SECONDS = 3600  # "short-lived": the kubelet's default is an hour; the example uses 600
+JWKS_CONFIG_MAP = "cluster-jwks"
+
+
+def projected_token_sources(volume: Doc) -> list[Doc]:
+    return [s["serviceAccountToken"] for s in volume.get("projected", {}).get("sources", [])
+            if "serviceAccountToken" in s]
+
+
+def check_projected_token_only_in_app(dep: Doc, config: dict[str, Any]) -> None:
+    spec = pod_spec(dep)
+    token_volumes = [v for v in spec.get("volumes", []) if projected_token_sources(v)]
+    assert len(token_volumes) == 1, "expected one projected service-account token volume"
+    [source] = projected_token_sources(token_volumes[0])
+    [issuer] = config["issuers"]
+    assert source["audience"] == IDENTITY_VOLUME_AUDIENCE == issuer["audience"]
+    assert 600 <= source["expirationSeconds"] <= MAX_TOKEN_SECONDS, "not short-lived"
+    mounts = containers_mounting(dep, token_volumes[0]["name"])
+    assert set(mounts) == {APP}, "the gateway needs no token of its own"
+    assert mounts[APP].get("readOnly") is True and "subPath" not in mounts[APP]
+    file = f"{mounts[APP]['mountPath']}/{source['path']}"
+    env = {e["name"]: e.get("value") for e in container(dep, APP).get("env", [])}
+    assert env["CHROMA_SYNC_GATEWAY_TOKEN_FILE"] == file
+    # The pod's account is one a team lists; the API-server token is never mounted.
+    account = spec["serviceAccountName"]
+    listed = [a for t in config["teams"] for a in t.get("service_accounts", [])]
+    assert any(a.split("/", 1)[1] == account for a in listed), (account, listed)
+    assert spec["automountServiceAccountToken"] is False
+
+
+def check_jwks_only_in_gateway(dep: Doc, config: dict[str, Any]) -> None:
+    volume = volume_named(
+        dep, lambda v: v.get("configMap", {}).get("name") == JWKS_CONFIG_MAP)
+    mounts = containers_mounting(dep, volume)
+    assert set(mounts) == {GATEWAY}
+    mount = mounts[GATEWAY]
+    assert mount.get("readOnly") is True
+    assert "subPath" not in mount and "subPathExpr" not in mount, "subPath is never updated"
+    [issuer] = config["issuers"]
+    assert str(Path(issuer["jwks_file"]).parent) == mount["mountPath"]
+
+
+def test_app_gets_a_short_lived_token_for_the_gateways_audience() -> None:
+    check_projected_token_only_in_app(deployment(), gateway_config())
+
+
+def test_jwks_configmap_is_mounted_only_in_gateway_where_config_reads_it() -> None:
+    check_jwks_only_in_gateway(deployment(), gateway_config())
+
+
+def test_the_pods_service_account_is_shipped_without_an_api_token() -> None:
+    account = only("ServiceAccount", pod_spec(deployment())["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_no_jwks_configmap_is_shipped() -> None:
+    # It is the cluster's own (deploy/README.md): a shipped one would overwrite the real keys.
+    assert [d for _, d in MANIFESTS if d.get("kind") == "ConfigMap"
+            and d["metadata"]["name"] == JWKS_CONFIG_MAP] == []
+
+
+def _token_volume(dep: Doc) -> Doc:
+    return next(v for v in pod_spec(dep)["volumes"] if projected_token_sources(v))
+
+
+def _token_for_another_audience(dep: Doc) -> None:
+    projected_token_sources(_token_volume(dep))[0]["audience"] = "kubernetes"
+
+
+def _long_lived_token(dep: Doc) -> None:
+    projected_token_sources(_token_volume(dep))[0]["expirationSeconds"] = 86400
+
+
+def _token_in_gateway(dep: Doc) -> None:
+    container(dep, GATEWAY)["volumeMounts"].append(
+        {"name": _token_volume(dep)["name"], "mountPath": "/t", "readOnly": True})
+
+
+def _api_token_automounted(dep: Doc) -> None:
+    pod_spec(dep)["automountServiceAccountToken"] = True
+
+
+def _jwks_by_subpath(dep: Doc) -> None:
+    for m in container(dep, GATEWAY)["volumeMounts"]:
+        if m["name"] == "cluster-jwks":
+            m["mountPath"] += "/jwks.json"
+            m["subPath"] = "jwks.json"
+
+
+def _jwks_in_app(dep: Doc) -> None:
+    container(dep, APP)["volumeMounts"].append(
+        {"name": "cluster-jwks", "mountPath": "/jwks", "readOnly": True})
+
+
+IDENTITY_BREAKAGES = {
+    "token for another audience": (_token_for_another_audience, check_projected_token_only_in_app),
+    "long-lived token": (_long_lived_token, check_projected_token_only_in_app),
+    "token in gateway": (_token_in_gateway, check_projected_token_only_in_app),
+    "API token automounted": (_api_token_automounted, check_projected_token_only_in_app),
+    "JWKS by subPath": (_jwks_by_subpath, check_jwks_only_in_gateway),
+    "JWKS in app": (_jwks_in_app, check_jwks_only_in_gateway),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(IDENTITY_BREAKAGES))
+def test_identity_check_rejects_broken_deployment(breakage: str) -> None:
+    mutate, check = IDENTITY_BREAKAGES[breakage]
+    dep = deployment()
+    check(dep, gateway_config())
+    mutate(dep)
+    with pytest.raises(AssertionError):
+        check(dep, gateway_config())
 
 
 # ---------------------------------------------------------------------------------------------
