@@ -58,6 +58,7 @@ log = structlog.get_logger("gateway")
 
 CANCEL_PREFIX = b"/api/v1/invocations/"
 CANCEL_ROUTE = "/api/v1/invocations/{invocation_id}"
+BULK_PATH = b"/gateway/v1/bulk-cancel"  # handled by gateway.bulk
 _HEX = rb"[0-9a-fA-F]"
 UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX
                      + rb"{12}")
@@ -174,6 +175,7 @@ class Gateway:
             on_suppressed=metrics.audit_suppressed.inc,
         )
         self._sweeper: asyncio.TimerHandle | None = None
+        self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
         self.plain = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -265,6 +267,9 @@ class Gateway:
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
 
+    def drain(self) -> None:
+        self.draining = True
+
     def _secret_changed(self, source: FileSecret) -> None:
         if source.update():
             self._report_secret(source, initial=False)
@@ -324,6 +329,11 @@ class Gateway:
             elif rest is not None and b"/" not in rest:
                 exchange.route = CANCEL_ROUTE
                 await self._cancel(scope, receive, send_with_id, exchange, rest, started)
+            elif raw_path == BULK_PATH:
+                from gateway import bulk  # here: bulk builds on this module
+
+                exchange.route = bulk.ROUTE
+                await bulk.handle(self, scope, receive, send_with_id, exchange, started)
             else:
                 exchange.route = scope["path"] if scope["path"] in (
                     "/healthz", "/readyz", "/metrics") else "other"

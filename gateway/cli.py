@@ -1,4 +1,4 @@
-"""The command line: serve, check-config, keys, audit verify, demo.
+"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo.
 
 Exit status: 0 success, 2 usage or configuration error, 1 anything else.
 """
@@ -6,6 +6,7 @@ Exit status: 0 success, 2 usage or configuration error, 1 anything else.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-partial", action="store_true",
                         help="accept a chain that starts after seq 1 (older files not given)")
 
+    bulk = commands.add_parser(
+        "bulk-cancel", help="cancel every pending invocation of a source or a database",
+        description="Call a running gateway's bulk cancel with the team key from "
+        "$CHROMA_SYNC_GATEWAY_KEY.")
+    bulk.add_argument("--url", required=True, help="the gateway, e.g. http://127.0.0.1:8080")
+    selector = bulk.add_mutually_exclusive_group(required=True)
+    selector.add_argument("--source", metavar="UUID", help="a source's id")
+    selector.add_argument("--database", metavar="NAME", help="a database's name")
+    bulk.add_argument("--dry-run", action="store_true", help="list what would be cancelled")
+    bulk.add_argument("--limit", type=int, metavar="N",
+                      help="at most this many invocations (1 to 10000; default 1000)")
+
     demo = commands.add_parser("demo", help="run against an embedded Chroma Sync stand-in")
     demo.add_argument("--port", type=int, default=8080,
                       help="port to try first (default 8080; a free one if it is taken)")
@@ -80,6 +93,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                                 args.allow_partial, sys.stdout, sys.stderr)
     if args.command == "check-config":
         return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
+    if args.command == "bulk-cancel":
+        from gateway import bulk_cli
+
+        return bulk_cli.run(url=args.url, source=args.source, database=args.database,
+                            dry_run=args.dry_run, limit=args.limit, env=os.environ,
+                            out=sys.stdout, err=sys.stderr)
     if args.command == "demo":
         from gateway import demo
 

@@ -90,6 +90,11 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class BulkConfig:
+    concurrency: int = 4  # cancels of one bulk cancel in flight at once
+
+
+@dataclass(frozen=True)
 class IssuerConfig:
     """A cluster whose projected service-account tokens (JWTs) are accepted."""
 
@@ -107,6 +112,7 @@ class Config:
     teams: tuple[TeamConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     issuers: tuple[IssuerConfig, ...] = ()
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
 
 def config_path(explicit: str | None) -> str:
@@ -226,7 +232,7 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         for name in data:
-            if name not in {"server", "upstream", "audit", "teams", "issuers"}:
+            if name not in {"server", "upstream", "audit", "teams", "issuers", "bulk"}:
                 raise self.fail(_key_name(name), "is not a known key")
         issuers = self.issuers(data)
         config = Config(
@@ -236,12 +242,20 @@ class _Parser:
             audit=self.audit(data),
             teams=self.teams(data, has_issuers=bool(issuers)),
             issuers=issuers,
+            bulk=self.bulk(data),
         )
         if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
             # Auditors get the HMAC key; they must never get the Chroma token with it.
             raise self.fail("audit.hmac_key_file", "must not be the upstream token file "
                             "(upstream.token_file)")
         return config
+
+    def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
+        t = self.table(data, "bulk", {"concurrency"})
+        return BulkConfig(
+            concurrency=self.get(t, "bulk", "concurrency", lambda k, v: self.count(k, v, 1, 64),
+                                 BulkConfig.concurrency),
+        )
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
         t = self.table(data, "server", {

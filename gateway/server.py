@@ -10,6 +10,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Generator
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -235,12 +236,19 @@ class GatewayServer(uvicorn.Server):
     def __init__(
         self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None, *,
         on_hangup: Callable[[], None] | None = None,
+        on_exit: Callable[[], None] | None = None,
         metrics: tuple[uvicorn.Server, socket.socket] | None = None,
     ):
         super().__init__(config)
         self._on_ready = on_ready
         self._on_hangup = on_hangup
+        self._on_exit = on_exit
         self._metrics = metrics
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None:
+            self._on_exit()  # long work in flight (a bulk cancel) starts nothing new
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -320,6 +328,7 @@ def serve(
         raise
     server = GatewayServer(uvicorn_config(gateway, config, host, port),
                            on_hangup=lambda: gateway.reloader.request_threadsafe("sighup"),
+                           on_exit=gateway.drain,
                            metrics=metrics)
     if on_ready is not None:
         server._on_ready = lambda: on_ready(gateway, server)

@@ -78,7 +78,7 @@ def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> config.Config:
 KEY_LINE = re.compile(r"^(#\s*)?([a-z_]+)\s*=\s*(.*)$")
 SECTIONS = {
     "[server]": "server", "[upstream]": "upstream", "[audit]": "audit", "[[teams]]": "teams",
-    "[[issuers]]": "issuers",
+    "[[issuers]]": "issuers", "[bulk]": "bulk",
 }
 
 
@@ -107,6 +107,7 @@ def accepted_keys() -> dict[str, set[str]]:
             ("audit", config.AuditConfig),
             ("teams", config.TeamConfig),
             ("issuers", config.IssuerConfig),
+            ("bulk", config.BulkConfig),
         )
     }
 
