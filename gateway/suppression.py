@@ -2,7 +2,8 @@
 
 A request refused before authentication succeeded (401, and 400 or 413 answered to a caller
 with no valid key) costs its sender nothing and the audit log a record. Per client address at
-most `audit.denied_per_second` such `cancel.result` records are written each second; the rest
+most `audit.denied_per_second` such `cancel.result` (or bulk `batch.result`) records are
+written each second, both routes counted together; the rest
 are still answered and counted, and summed up in one `audit.suppressed` record per client per
 second of excess:
 
@@ -24,8 +25,10 @@ from typing import Any
 
 from gateway.audit import utc_timestamp
 
-# Refusals that can come before a key is checked (or with no valid key at all).
-DENIED_STATUSES = frozenset({400, 401, 413})
+# Refusals that can come before a key is checked (or with no valid key at all), and the
+# outcome each stands for in a record that names none (a bulk cancel's `batch.result`).
+DENIED_OUTCOMES = {400: "invalid_request", 401: "unauthenticated", 413: "invalid_request"}
+DENIED_STATUSES = frozenset(DENIED_OUTCOMES)
 
 
 class _Window:
@@ -73,7 +76,7 @@ class DeniedSuppression:
             window.admitted += 1
             return True
         window.suppressed += 1
-        outcome = record["outcome"]
+        outcome = record.get("outcome") or DENIED_OUTCOMES[record["status"]]
         window.outcomes[outcome] = window.outcomes.get(outcome, 0) + 1
         ts = record["ts"]
         if not window.first_ts:

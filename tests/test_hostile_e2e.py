@@ -301,6 +301,31 @@ def test_unauthenticated_flood_is_summarized_not_written_record_by_record(
     assert not standin.requests
 
 
+def test_unauthenticated_bulk_flood_shares_the_suppression_budget(
+    make_gateway: Any, standin: StandIn,
+) -> None:
+    gateway = make_gateway(audit={"denied_per_second": 3})
+    count = 30
+    body = b'{"database_name": "docs"}'
+    head = (b"POST /gateway/v1/bulk-cancel HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer csg_" + b"x" * 40 + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with connect(gateway) as sock:
+        last = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        sock.sendall(head * (count - 1) + last)
+        data, _ = read_until_closed(sock, limit=10)
+    assert data.count(b"HTTP/1.1 401 ") == count
+    gateway.stop()
+    records = gateway.audit_records()
+    results = [r for r in records if r["event"] == "batch.result"]
+    summaries = [r for r in records if r["event"] == "audit.suppressed"]
+    assert len(results) <= 3 * len({r["ts"][:19] for r in results})
+    assert len(results) + sum(s["count"] for s in summaries) == count  # nothing unrecorded
+    assert all(set(s["outcomes"]) == {"unauthenticated"} for s in summaries)
+    assert not standin.requests
+
+
 def test_authenticated_refusals_are_never_suppressed(make_gateway: Any) -> None:
     gateway = make_gateway(audit={"denied_per_second": 1})
     with httpx.Client(base_url=gateway.base_url, trust_env=False) as client:
