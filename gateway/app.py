@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import mapping, retry
+from gateway import logs, mapping, retry
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.breaker import CircuitBreaker
@@ -45,6 +45,7 @@ from gateway.secrets import (
     fingerprint,
     upstream_token_source,
 )
+from gateway.suppression import DeniedSuppression
 from gateway.upstream import UpstreamClient
 from gateway.watch import Watcher
 
@@ -63,6 +64,8 @@ UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX 
                      + rb"{12}")
 REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
+# Set in the scope by the protocol when the body did not arrive within server.header_timeout.
+TIMED_OUT = "gateway.timed_out"
 
 
 class ClientGone(Exception):
@@ -119,6 +122,19 @@ def framing_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def host_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one Host (others at most one)."""
+    hosts = 0
+    for name, _ in headers:
+        if name == b"host":
+            hosts += 1
+    if hosts > 1:
+        return "more than one Host header"
+    if not hosts and http_version == "1.1":
+        return "an HTTP/1.1 request without a Host header"
+    return None
+
+
 class Gateway:
     def __init__(
         self,
@@ -154,6 +170,11 @@ class Gateway:
                 self.watcher.add(source.file, functools.partial(self._secret_changed, source))
         self._watcher: asyncio.Task[None] | None = None
         self.reloader = Reloader(self)
+        self.denied = DeniedSuppression(
+            config.audit.denied_per_second, write=audit.write_later,
+            on_suppressed=metrics.audit_suppressed.inc,
+        )
+        self._sweeper: asyncio.TimerHandle | None = None
         self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
         self.plain = Starlette(
             routes=[
@@ -178,8 +199,10 @@ class Gateway:
             else None
         )
         if audit is None:
-            audit = AuditLog(config.audit, mac_key=mac_key,
-                             on_failure=metrics.audit_failures.inc)
+            audit = AuditLog(config.audit, mac_key=mac_key, token=token,
+                             on_failure=metrics.audit_failures.inc,
+                             on_stdout_drop=metrics.audit_stdout_dropped.inc)
+        logs.count_dropped_lines(metrics.log_lines_dropped.inc)
         gateway = cls(
             config,
             token=token,
@@ -224,6 +247,7 @@ class Gateway:
         await self.audit.start()
         self.reloader.start()
         self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
+        self._sweep_denied()
         log.info(
             "gateway.started", upstream=self.config.upstream.base_url,
             audit_path=self.audit.path, teams=len(self.config.teams),
@@ -236,6 +260,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         await self.reloader.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.denied.sweep(everything=True)
         await self.audit.close()
         await self.upstream.aclose()
         log.info("gateway.stopped", audit_records=self.audit.records_written)
@@ -247,6 +274,11 @@ class Gateway:
         if source.update():
             self._report_secret(source, initial=False)
         self._update_gauges()
+
+    def _sweep_denied(self) -> None:
+        """Once a second: write the `audit.suppressed` summaries of seconds gone by."""
+        self.denied.sweep()
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep_denied)
 
     def _report_secret(self, source: SecretSource, *, initial: bool) -> None:
         name = source.what.lower().replace(" ", "_")
@@ -285,11 +317,13 @@ class Gateway:
         try:
             problem = framing_problem(headers)
             if problem is not None:
+                problem = f"ambiguous message framing: {problem}"
+            else:
+                problem = host_problem(scope["http_version"], headers)
+            if problem is not None:
                 exchange.route = "framing"
                 await self._send_error(
-                    send_with_id,
-                    RequestRejected(f"ambiguous message framing: {problem}", status=400,
-                                    code="bad_request"),
+                    send_with_id, RequestRejected(problem, status=400, code="bad_request"),
                     close=True,
                 )
             elif rest is not None and b"/" not in rest:
@@ -369,6 +403,8 @@ class Gateway:
                         [(k.encode(), v.encode()) for k, v in reply.headers.items()])
         except ClientGone:
             status, outcome, error = 499, "invalid_request", "client_disconnected"
+            if scope.get(TIMED_OUT):  # the protocol answered 408 and closed
+                status, error = 408, "request_timeout"
         except GatewayError as exc:
             cancel.upstream_status = exc.upstream_status
             status, outcome, error = exc.status, exc.outcome, exc.code
@@ -437,8 +473,9 @@ class Gateway:
         self.metrics.cancels.labels(outcome, team).inc()
         result = self._record("cancel.result", cancel, outcome=outcome, status=status,
                               error=error)
-        with contextlib.suppress(AuditUnavailable):
-            await self.audit.write(result, retain=True, durable=False)
+        if self.denied.admit(result, authenticated=cancel.principal is not None):
+            with contextlib.suppress(AuditUnavailable):
+                await self.audit.write(result, retain=True, durable=False)
         self._update_gauges()
 
     async def _job_context(self, invocation_id: str, token: str, request_id: str) -> JobContext:

@@ -19,6 +19,11 @@ How a record gets to disk:
   that verifies, and anything after it (a torn line from a crash) is removed from the file and
   described, bytes included, in an `audit.recovered` record.
 - One writer per chain: an exclusive `flock` on `<path>.lock` is held for the process lifetime.
+- The file is the one the gateway opened: before each batch one `stat` of `audit.path` and
+  one `fstat` of the open descriptor must agree (device and inode). A log deleted or replaced
+  under the gateway fails it closed for good: a new chain is never started while running.
+- The `audit.stdout` mirror is written without blocking (`gateway.pipes`): when its reader
+  stops draining, records are dropped from the mirror (counted), never from the file.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import structlog
 from gateway import audit_chain
 from gateway.config import AuditConfig
 from gateway.errors import ServiceUnavailable
+from gateway.pipes import BoundedWriter, writer_for
 from gateway.secrets import SecretSource
 
 log = structlog.get_logger("gateway.audit")
@@ -86,15 +92,23 @@ class AuditLog:
         config: AuditConfig,
         *,
         mac_key: SecretSource | None = None,
+        token: SecretSource | None = None,
         stdout: IO[bytes] | None = None,
         on_failure: Callable[[], None] | None = None,
+        on_stdout_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.path = config.path
         self._mac_key = mac_key
+        self._token = token  # the HMAC key must never be (or hold) it
         self._stdout = stdout if stdout is not None else (
             sys.stdout.buffer if config.stdout else None
         )
+        self._mirror: BoundedWriter | None = None
+        if stdout is None and self._stdout is not None:
+            self._mirror = writer_for(self._stdout, on_drop=on_stdout_drop)
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._replaced = False  # audit.path no longer names it: failed closed until restart
         self._on_failure = on_failure
         self._chain = _Chain()
         self._fd: int | None = None
@@ -175,6 +189,8 @@ class AuditLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._mirror is not None:
+            self._mirror.close()
 
     async def drain(self) -> None:
         while self._flusher is not None and not self._flusher.done():
@@ -224,7 +240,9 @@ class AuditLog:
     async def probe(self) -> bool:
         """For readiness: retry a failed log (reopen, write what was retained)."""
         if self._mac_key is not None and self._current_mac_key() is None:
-            self._fail(self._mac_key.problem or "no key")
+            self._fail(self._mac_problem())
+            return False
+        if self._fd is not None and not self._still_ours():
             return False
         if self.ready and not self._retained:
             return True
@@ -262,9 +280,10 @@ class AuditLog:
             mac_key = self._current_mac_key()
             if self._fd is None:
                 self.open()
-            if self._fd is None or (self._mac_key is not None and mac_key is None):
-                if self._fd is not None:
-                    self._fail((self._mac_key.problem if self._mac_key else None) or "no key")
+            if (self._fd is None or (self._mac_key is not None and mac_key is None)
+                    or not self._still_ours()):
+                if self._fd is not None and not self._replaced:
+                    self._fail(self._mac_problem())
                 self._settle(batch, ok=False)
                 self._retained[:0] = bodies[:retained_count]
                 continue
@@ -327,7 +346,41 @@ class AuditLog:
     def _current_mac_key(self) -> bytes | None:
         if self._mac_key is None or self._mac_key.value is None:
             return None
-        return self._mac_key.value.encode("ascii")
+        key = self._mac_key.value
+        token = self._token.value if self._token is not None else None
+        if token and token in key:
+            return None  # auditors get this key: it must never hand them the Chroma token
+        return key.encode("ascii")
+
+    def _mac_problem(self) -> str:
+        if self._mac_key is None:
+            return "no key"
+        if self._mac_key.value is not None:
+            return "the audit HMAC key file holds the upstream token; it is not used"
+        return self._mac_key.problem or "no key"
+
+    def _still_ours(self) -> bool:
+        """Whether `audit.path` still names the open file; if not, fail closed for good."""
+        if self._replaced:
+            return False
+        if self._fd is None or self._identity is None:
+            return True
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except FileNotFoundError:
+            same = False
+        except OSError:
+            return True  # can't tell (e.g. a permission change): the write itself decides
+        if not same:
+            self._lose_file()
+        return same
+
+    def _lose_file(self) -> None:
+        self._replaced = True
+        self._fail("audit.path no longer names the file the gateway opened (deleted or "
+                   "replaced); the chain is not restarted while running: check the log, "
+                   "then restart")
 
     def _settle(self, batch: list[tuple[dict[str, Any], asyncio.Future[None] | None]], *,
                 ok: bool) -> None:
@@ -344,7 +397,9 @@ class AuditLog:
                 future.set_exception(AuditUnavailable())
 
     def _after_commit(self, data: bytes, sealed: list[dict[str, Any]]) -> None:
-        if self._stdout is not None:
+        if self._mirror is not None:
+            self._mirror.write(data, units=len(sealed))
+        elif self._stdout is not None:
             try:
                 self._stdout.write(data)
                 self._stdout.flush()
@@ -421,6 +476,8 @@ class AuditLog:
         self._fd = None
         self._fd = self._open_fd()
         self._size = 0
+        st = os.fstat(self._fd)
+        self._identity = (st.st_dev, st.st_ino)
         log.info("audit.rotated", rotated_to=os.path.basename(target), seq=self._chain.seq)
         self._plan_retention()
 
@@ -471,6 +528,17 @@ class AuditLog:
         return fd
 
     def _open_file(self) -> None:
+        if self._identity is not None:
+            # A reopen (after a write error): only the very file opened first, or the chain
+            # would go on in a new file that verifies on its own.
+            try:
+                st = os.stat(self.path)
+                same = (st.st_dev, st.st_ino) == self._identity
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self._lose_file()
+                raise _BrokenTail(self.problem or "replaced")
         fd = self._open_fd()
         try:
             size = os.fstat(fd).st_size
@@ -493,6 +561,8 @@ class AuditLog:
             raise
         self._fd = fd
         self._size = size
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
         if found is not None:
             self._chain.seq = found.seq
             self._chain.head = found.head

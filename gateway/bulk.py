@@ -366,6 +366,9 @@ async def _write_result(
     results: list[ItemResult | None],
 ) -> None:
     record = batch.result_record(status=status, error=error, counts=counts_of(results))
+    # Unauthenticated refusals share the single cancel's per-client budget (issue 9).
+    if not gateway.denied.admit(record, authenticated=batch.principal is not None):
+        return
     with contextlib.suppress(AuditUnavailable):
         await gateway.audit.write(record, retain=True, durable=False)
 

@@ -41,6 +41,9 @@ class ServerConfig:
     grace_period: float = 10.0
     metrics_port: int | None = None  # `/metrics` on a listener of its own as well
     metrics_host: str = "127.0.0.1"
+    header_timeout: float = 5.0  # seconds for a request head (and a cancel's body) to arrive
+    keepalive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
+    max_connections: int = 1000  # open connections; past that, 503 `overloaded` and closed
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class AuditConfig:
     max_bytes: int | None = None
     keep_files: int | None = None  # rotated files kept; None keeps them all
     record_context: bool = False  # look up every cancel, so every record names what it touched
+    denied_per_second: int = 20  # result records a second per client for unauthenticated refusals
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,7 @@ class _Parser:
             if name not in {"server", "upstream", "audit", "teams", "issuers", "bulk"}:
                 raise self.fail(_key_name(name), "is not a known key")
         issuers = self.issuers(data)
-        return Config(
+        config = Config(
             source=self.source,
             server=self.server(data),
             upstream=self.upstream(data),
@@ -240,6 +244,11 @@ class _Parser:
             issuers=issuers,
             bulk=self.bulk(data),
         )
+        if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
+            # Auditors get the HMAC key; they must never get the Chroma token with it.
+            raise self.fail("audit.hmac_key_file", "must not be the upstream token file "
+                            "(upstream.token_file)")
+        return config
 
     def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
         t = self.table(data, "bulk", {"concurrency"})
@@ -249,8 +258,10 @@ class _Parser:
         )
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
-        t = self.table(data, "server", {"host", "port", "grace_period", "metrics_port",
-                                        "metrics_host"})
+        t = self.table(data, "server", {
+            "host", "port", "grace_period", "metrics_port", "metrics_host", "header_timeout",
+            "keepalive_timeout", "max_connections",
+        })
         d = ServerConfig()
         port = self.get(t, "server", "port", lambda k, v: self.count(k, v, 0, 65535), d.port)
         metrics_port = self.get(
@@ -263,6 +274,14 @@ class _Parser:
             grace_period=self.get(t, "server", "grace_period", self.positive, d.grace_period),
             metrics_port=metrics_port,
             metrics_host=self.get(t, "server", "metrics_host", self.string, d.metrics_host),
+            header_timeout=self.get(
+                t, "server", "header_timeout", self.positive, d.header_timeout),
+            keepalive_timeout=self.get(
+                t, "server", "keepalive_timeout", self.positive, d.keepalive_timeout),
+            max_connections=self.get(
+                t, "server", "max_connections", lambda k, v: self.count(k, v, 1, 1_000_000),
+                d.max_connections,
+            ),
         )
 
     def upstream(self, data: Mapping[str, Any]) -> UpstreamConfig:
@@ -352,7 +371,7 @@ class _Parser:
     def audit(self, data: Mapping[str, Any]) -> AuditConfig:
         allowed = {
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
-            "stdout", "max_bytes", "keep_files", "record_context",
+            "stdout", "max_bytes", "keep_files", "record_context", "denied_per_second",
         }
         t = self.table(data, "audit", allowed)
         if "path" not in t:
@@ -380,6 +399,10 @@ class _Parser:
             keep_files=keep_files,
             record_context=self.get(t, "audit", "record_context", self.boolean,
                                     d.record_context),
+            denied_per_second=self.get(
+                t, "audit", "denied_per_second", lambda k, v: self.count(k, v, 1, 10**6),
+                d.denied_per_second,
+            ),
         )
 
     def teams(
@@ -533,6 +556,18 @@ class _Parser:
             seen.add(item)
             keys.append(item)
         return tuple(keys)
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """The same path as written, resolved, or (when both exist) the same inode."""
+    if not a or not b:
+        return False
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,10 +6,12 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from gateway import redaction
 from gateway.errors import GatewayError, UpstreamFailure, UpstreamRefused, error_body
 from gateway.upstream import UpstreamAnswer
 
 MAX_UPSTREAM_MESSAGE = 512
+WITHHELD = "[message withheld: it held the gateway's credential]"
 
 # Statuses whose ErrorResponse is passed through, with the code used when it isn't one.
 PASSED_THROUGH = {
@@ -131,9 +133,8 @@ def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
         text = body.decode("utf-8", "replace").strip() or "no message"
     # Control characters and lone surrogates go first, so neither can hide a secret.
     text = _CONTROL.sub("", text).encode("utf-8", "replace").decode("utf-8")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    if redaction.holds(text, secrets):
+        return WITHHELD  # the whole text: a token in any form, or a piece of it, never shows
     return text[:MAX_UPSTREAM_MESSAGE]
 
 
@@ -144,12 +145,12 @@ def _passable(body: bytes, secrets: tuple[str, ...]) -> bool:
 
 
 def _holds_secret(body: bytes, parsed: object, secrets: tuple[str, ...]) -> bool:
-    """Whether a body (and its parsed JSON) holds a secret, raw or JSON-escaped."""
-    live = [secret for secret in secrets if secret]
-    if not live:
+    """Whether a body (and its parsed JSON) holds a secret, raw or JSON-escaped, in any form
+    `gateway.redaction` knows (letter case, a 16-character piece, base64, hex)."""
+    if not any(secrets):
         return False
     texts = [body.decode("utf-8", "replace"), *_json_strings(parsed)]
-    return any(secret in text for secret in live for text in texts)
+    return any(redaction.holds(text, secrets) for text in texts)
 
 
 def _json_strings(value: object) -> list[str]:

@@ -45,6 +45,19 @@ class Metrics:
         self.audit_failures = Counter(
             "chroma_sync_gateway_audit_write_failures", "Failed audit log writes.", registry=r,
         )
+        self.audit_suppressed = Counter(
+            "chroma_sync_gateway_audit_suppressed",
+            "Denied results over audit.denied_per_second, summed in audit.suppressed records.",
+            registry=r,
+        )
+        self.audit_stdout_dropped = Counter(
+            "chroma_sync_gateway_audit_stdout_dropped",
+            "Audit records not mirrored to stdout because the pipe did not drain.", registry=r,
+        )
+        self.log_lines_dropped = Counter(
+            "chroma_sync_gateway_log_lines_dropped",
+            "Operational log lines dropped because stderr did not drain.", registry=r,
+        )
         self.audit_records = Gauge(
             "chroma_sync_gateway_audit_records_written",
             "Audit records written since start.", registry=r,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import signal
@@ -10,14 +11,15 @@ import threading
 import uuid
 from collections.abc import Callable, Generator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.app import Gateway
-from gateway.config import Config
+from gateway.app import TIMED_OUT, Gateway
+from gateway.config import Config, ServerConfig
 from gateway.errors import error_body
 
 # Request line and headers together; a cancel needs well under 1 KiB, nginx allows 32 KiB.
@@ -37,16 +39,95 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     httptools has no limit of its own on the request head (and joins a long header value
     chunk by chunk, in quadratic time, on the event loop), so a head over `MAX_HEAD_BYTES`
     is answered 431 `headers_too_large` and its connection closed.
+
+    uvicorn has no read timeout, and starts its keep-alive timer only after a response: a
+    connection that sends nothing, or a byte a minute, would live forever. So one timer per
+    request (`loop.call_later`, cancelled when the request is in) gives the head and body
+    `header_timeout` seconds from the connection's start or the request's first byte; then
+    408 `request_timeout` and close. Past `max_connections` open connections a new one is
+    answered 503 `overloaded` and closed at once. `configured()` sets the three limits.
     """
+
+    header_timeout: float = ServerConfig.header_timeout
+    keepalive_timeout: float = ServerConfig.keepalive_timeout
+    max_connections: int = ServerConfig.max_connections
 
     _reading_head = True  # between messages or inside a request line / header block
     _head_bytes = 0  # bytes received while the head is incomplete, counted per chunk
     _parsed_head = 0  # bytes of the request line and headers parsed so far
     _boundary = False  # a head or message ended inside the current `data_received`
     _head_refused = False
+    _deadline: asyncio.TimerHandle | None = None  # the request in progress must be in by then
+
+    @classmethod
+    def configured(cls, server: ServerConfig) -> type[GatewayHttpProtocol]:
+        """This protocol with the limits of `[server]` (uvicorn builds one per connection)."""
+        attributes: dict[str, Any] = {
+            "header_timeout": server.header_timeout,
+            "keepalive_timeout": server.keepalive_timeout,
+            "max_connections": server.max_connections,
+        }
+        return type(cls.__name__, (cls,), attributes)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.keepalive_timeout  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.connections.discard(self)
+            self.logger.warning("Too many open connections.")
+            self._send_raw_error(503, b"Service Unavailable", "overloaded",
+                                 f"the gateway has {self.max_connections} connections open; "
+                                 "retry later")
+            return
+        # Also bounds a connection that never sends a byte.
+        self._deadline = self.loop.call_later(self.header_timeout, self._request_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # The gateway stopped reading (a pipelined request waits its turn): not the
+            # caller's stall; its time starts again once reading resumes.
+            self._deadline = self.loop.call_later(self.header_timeout, self._request_timed_out)
+            return
+        cycle = self.cycle
+        if not self._reading_head and cycle is not None and not cycle.response_started:
+            # The app waits for the body: it sees a disconnect marked as a timeout, and
+            # records 408; the answer is written here, as the app's would be dropped.
+            self.scope[TIMED_OUT] = True  # type: ignore[literal-required]
+            cycle.disconnected = True
+            cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:
+            # An answer is on its way: a 408 now would be read as (or inside) it.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        elif cycle is not None and not self._reading_head:
+            # Answered already (e.g. a 404 before its body): just stop the dribble.
+            self.transport.close()
+            return
+        self.logger.info("Request timed out.")
+        self._send_raw_error(408, b"Request Timeout", "request_timeout",
+                             f"the request did not arrive within {self.header_timeout:g} s")
 
     def data_received(self, data: bytes) -> None:
         self._boundary = False
+        if self._deadline is None and self._reading_head:
+            # The first bytes after a response (possibly only CRLFs, which start no message).
+            self._deadline = self.loop.call_later(self.header_timeout, self._request_timed_out)
         super().data_received(data)
         if not self._reading_head or self._boundary or self.transport.is_closing():
             return
@@ -60,6 +141,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._parsed_head = 0
+        if self._deadline is None:  # a request pipelined behind one that just completed
+            self._deadline = self.loop.call_later(self.header_timeout, self._request_timed_out)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -82,6 +165,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading_head, self._head_bytes, self._boundary = True, 0, True
+        self._disarm()
 
     def send_400_response(self, msg: str) -> None:
         cycle = self.cycle
@@ -204,7 +288,7 @@ def uvicorn_config(gateway: Gateway, config: Config, host: str, port: int) -> uv
         gateway,
         host=host,
         port=port,
-        http=GatewayHttpProtocol,
+        http=GatewayHttpProtocol.configured(config.server),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         ws="none",
         lifespan="on",

@@ -104,7 +104,10 @@ def write_config(
             "timeout": 2.0,
             **(upstream or {}),
         },
-        "audit": {"path": str(folder / "audit.jsonl"), "fsync": True, **(audit or {})},
+        # Tests send many refusals a second from one address and read each one's record;
+        # suppression (audit.denied_per_second) has tests of its own.
+        "audit": {"path": str(folder / "audit.jsonl"), "fsync": True,
+                  "denied_per_second": 100_000, **(audit or {})},
         "teams": teams if teams is not None else default_teams(),
     }
     if issuers:
