@@ -31,7 +31,13 @@ from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
 from gateway.auth import Authenticator, Authorizer, Principal
 from gateway.breaker import CircuitBreaker
 from gateway.config import Config
-from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, render
+from gateway.errors import (
+    GatewayError,
+    RequestRejected,
+    ServiceUnavailable,
+    method_not_allowed,
+    render,
+)
 from gateway.jobs import JobContext
 from gateway.limits import TeamLimits
 from gateway.lookup import JobLookup
@@ -354,9 +360,7 @@ class Gateway:
         started: float,
     ) -> None:
         if scope["method"] != "PUT":
-            await self._send_error(send, RequestRejected(
-                "only PUT is allowed on this path", status=405, code="method_not_allowed",
-                headers={"allow": "PUT"}))
+            await self._send_error(send, method_not_allowed("PUT"))
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         well_formed = UUID_RE.fullmatch(raw_id) is not None
@@ -576,8 +580,7 @@ class Gateway:
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:
-            error = RequestRejected("method not allowed", status=405, code="method_not_allowed",
-                                    headers=dict(exc.headers or {}))
+            error = method_not_allowed((exc.headers or {}).get("Allow", "GET"))
         else:
             error = RequestRejected("no such route", status=404, code="not_found")
         status, headers, body = render(error)

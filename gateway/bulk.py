@@ -41,7 +41,7 @@ from gateway.app import (
 )
 from gateway.audit import AuditUnavailable, utc_timestamp
 from gateway.auth import Principal
-from gateway.errors import GatewayError, RequestRejected, UpstreamFailure
+from gateway.errors import GatewayError, RequestRejected, UpstreamFailure, method_not_allowed
 from gateway.jobs import Job, NotAJob, parse_job_list
 from gateway.scopes import ScopeAuthorizer
 from gateway.upstream import UpstreamClient
@@ -294,9 +294,7 @@ async def handle(
 ) -> None:
     """The bulk-cancel route, checks in the single cancel's order, then the batch."""
     if scope["method"] != "POST":
-        await gateway._send_error(send, RequestRejected(
-            "only POST is allowed on this path", status=405, code="method_not_allowed",
-            headers={"allow": "POST"}))
+        await gateway._send_error(send, method_not_allowed("POST"))
         return
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     client = scope.get("client")

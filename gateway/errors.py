@@ -97,6 +97,13 @@ def unauthenticated() -> RequestRejected:
     )
 
 
+def method_not_allowed(allow: str) -> RequestRejected:
+    return RequestRejected(
+        f"only {allow} is allowed on this path", status=405, code="method_not_allowed",
+        headers={"allow": allow},
+    )
+
+
 def render(exc: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one place a `GatewayError` becomes a response: status, headers and body."""
     body = exc.body if exc.body is not None else error_body(exc.code, exc.message)
