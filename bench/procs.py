@@ -10,6 +10,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,14 +94,42 @@ def gateway_process(
         teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)], "scope": scope or ["*"],
                 "rate_limit": 1e9, "burst": 10**9}],
     )
+    started = time.monotonic()
     if prefix:
         gateway = _start_with_prefix(config, port, prefix)
     else:
         gateway = start_gateway(config, port=port)
+    # From exec to /readyz 200 (token loaded, audit log open), polled every 10 ms.
+    gateway.ready_seconds = _wait_ready(gateway.port, started)  # type: ignore[attr-defined]
     try:
         yield gateway
     finally:
         gateway.stop()
+
+
+def _wait_ready(port: int, started: float, timeout: float = 15.0) -> float | None:
+    while time.monotonic() - started < timeout:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"GET /readyz HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+                if sock.recv(12).startswith(b"HTTP/1.1 200"):
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return None
+
+
+def rss_mib(pid: int) -> float | None:
+    """The process's resident set size, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _start_with_prefix(config: Path, port: int, prefix: list[str]) -> RunningGateway:

@@ -71,16 +71,20 @@ class GatewaySetup:
     lookup_cache: int = 10_000
 
 
-# A scoped team's cancel costs one get_job round trip on a cache miss (lookup_cache = 0 makes
-# every request a miss) and nothing upstream on a hit (the 256 ids repeat).
-GATEWAYS = (
-    GatewaySetup("gateway aiohttp fsync=false", "aiohttp", False),
-    GatewaySetup("gateway aiohttp fsync=true", "aiohttp", True),
-    GatewaySetup("scoped, cache miss, fsync=true", "aiohttp", True, ("database:bench",), 0),
-    GatewaySetup("scoped, cached, fsync=true", "aiohttp", True, ("database:bench",)),
-    GatewaySetup("gateway httpx fsync=true", "httpx", True),
-    GatewaySetup("gateway native fsync=true", "native", True),
-)
+# The default first: the native transport, unrestricted, then a scoped team on it. A scoped
+# cancel costs one get_job round trip on a cache miss (lookup_cache = 0 makes every request a
+# miss) and nothing upstream on a hit (the 256 ids repeat). Then the other transports.
+NATIVE = GatewaySetup("native (default) fsync=true", "native", True)
+SCOPED_MISS = GatewaySetup("native scoped, cache miss", "native", True, ("database:bench",), 0)
+SCOPED_CACHED = GatewaySetup("native scoped, cached", "native", True, ("database:bench",))
+AIOHTTP_NOFSYNC = GatewaySetup("aiohttp fsync=false", "aiohttp", False)
+AIOHTTP = GatewaySetup("aiohttp fsync=true", "aiohttp", True)
+HTTPX = GatewaySetup("httpx fsync=true", "httpx", True)
+GATEWAYS = (NATIVE, SCOPED_MISS, SCOPED_CACHED, AIOHTTP_NOFSYNC, AIOHTTP, HTTPX)
+
+# Issue 12's budget, for the default and for a scoped team whose job context is cached.
+BUDGET_RPS, BUDGET_P99_MS, BUDGET_ADDED_P50_MS, BUDGET_RSS_MIB, BUDGET_READY_S = (
+    2000.0, 40.0, 1.0, 60.0, 1.0)
 DIRECT = "direct to stand-in"
 CANCEL_ROUTE = 'route="/api/v1/invocations/{invocation_id}"'
 
@@ -153,7 +157,7 @@ def run_gateway_scenarios(
         requests = procs.gateway_requests(gw.port, ids)
         for connections in CONNECTIONS:
             state: dict[str, Any] = {}
-            watch_group_commit = label == "gateway aiohttp fsync=true"
+            watch_group_commit = setup == NATIVE
 
             def between(state: dict[str, Any] = state, watch: bool = watch_group_commit) -> None:
                 state["metrics"] = procs.scrape(gw.port)
@@ -184,7 +188,9 @@ def run_gateway_scenarios(
                     "audit_records_per_s": round(records / row.seconds, 1),
                 })
             rows.append(row)
-        if label == "gateway aiohttp fsync=true":
+        notes.setdefault("processes", {})[label] = {
+            "ready_s": gw.ready_seconds, "rss_mib_after_load": procs.rss_mib(gw.process.pid)}
+        if setup == NATIVE:
             notes["audit_verify"] = verify_audit(gw.audit_path)
 
 
@@ -295,18 +301,40 @@ def derived_lines(rows: list[Row], notes: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lo, hi = min(CONNECTIONS), max(CONNECTIONS)
     direct = find(rows, DIRECT, lo)
-    nofsync, fsync, miss, cached, httpx, native = (setup.label for setup in GATEWAYS)
-    nofsync1, fsync1, httpx1 = find(rows, nofsync, lo), find(rows, fsync, lo), find(rows, httpx, lo)
-    nofsync32, fsync32 = find(rows, nofsync, hi), find(rows, fsync, hi)
-    httpx32 = find(rows, httpx, hi)
-    native1, native32 = find(rows, native, lo), find(rows, native, hi)
-    for name in (miss, cached):
-        scoped1, scoped32 = find(rows, name, lo), find(rows, name, hi)
-        if fsync1 and scoped1 and fsync32 and scoped32:
+    direct32 = find(rows, DIRECT, hi)
+    native1, native32 = find(rows, NATIVE.label, lo), find(rows, NATIVE.label, hi)
+    nofsync1 = find(rows, AIOHTTP_NOFSYNC.label, lo)
+    nofsync32 = find(rows, AIOHTTP_NOFSYNC.label, hi)
+    fsync1, fsync32 = find(rows, AIOHTTP.label, lo), find(rows, AIOHTTP.label, hi)
+    httpx1, httpx32 = find(rows, HTTPX.label, lo), find(rows, HTTPX.label, hi)
+    processes = notes.get("processes", {})
+    for setup in (NATIVE, SCOPED_CACHED):
+        one, many = find(rows, setup.label, lo), find(rows, setup.label, hi)
+        if not (direct and direct32 and one and many):
+            continue
+        added = one.p50 - direct.p50
+        proc = processes.get(setup.label, {})
+        rss, ready = proc.get("rss_mib_after_load"), proc.get("ready_s")
+        checks = [
+            many.rps >= BUDGET_RPS, many.p99 <= BUDGET_P99_MS, added <= BUDGET_ADDED_P50_MS,
+            rss is not None and rss <= BUDGET_RSS_MIB,
+            ready is not None and ready <= BUDGET_READY_S,
+        ]
+        lines.append(
+            f"budget, {setup.label}: {many.rps:.0f} req/s at {hi} connections (>= "
+            f"{BUDGET_RPS:.0f}; {many.rps / direct32.rps:.2f} of direct's {direct32.rps:.0f}), "
+            f"p99 {many.p99:.1f} ms (<= {BUDGET_P99_MS:.0f}), added p50 at 1 connection "
+            f"{added:.3f} ms (<= {BUDGET_ADDED_P50_MS}; direct p50 {direct.p50:.3f}), RSS after "
+            f"load {rss if rss is None else f'{rss:.1f}'} MiB (<= {BUDGET_RSS_MIB:.0f}), ready "
+            f"{ready if ready is None else f'{ready:.2f}'} s after exec (<= {BUDGET_READY_S:.0f}):"
+            f" {sum(checks)} of {len(checks)} met")
+    for setup in (SCOPED_MISS, SCOPED_CACHED):
+        scoped1, scoped32 = find(rows, setup.label, lo), find(rows, setup.label, hi)
+        if native1 and scoped1 and native32 and scoped32:
             lines.append(
-                f"{name} vs unrestricted (fsync=true): 1 connection p50 {scoped1.p50:.3f} vs "
-                f"{fsync1.p50:.3f} ms ({scoped1.p50 - fsync1.p50:+.3f} ms); {hi} connections "
-                f"{scoped32.rps:.0f} vs {fsync32.rps:.0f} req/s")
+                f"{setup.label} vs unrestricted: 1 connection p50 {scoped1.p50:.3f} vs "
+                f"{native1.p50:.3f} ms ({scoped1.p50 - native1.p50:+.3f} ms); {hi} connections "
+                f"{scoped32.rps:.0f} vs {native32.rps:.0f} req/s")
     if direct and nofsync1 and fsync1:
         lines.append(
             f"gateway overhead at 1 connection = p50(gateway) - p50(direct) = "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
@@ -24,11 +25,13 @@ from gateway.auth import (
     TeamSwitchAuthorizer,
 )
 from gateway.config import Config, TeamConfig
-from gateway.identity import IssuerKeys, ServiceAccountAuthenticator, load_issuers
 from gateway.inflight import InFlight
 from gateway.limits import TeamLimits
 from gateway.metrics import Metrics
 from gateway.scopes import ScopeAuthorizer
+
+if TYPE_CHECKING:  # identity (PyJWT, cryptography) is imported only when issuers are configured
+    from gateway.identity import IssuerKeys
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,17 @@ def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = 
         for team in config.teams
         for account in team.service_accounts
     })
-    issuers = previous.issuers if previous else load_issuers(config)
+    issuers: tuple[IssuerKeys, ...] = ()
+    if previous is not None:
+        issuers = previous.issuers
+    elif config.issuers:
+        from gateway.identity import load_issuers
+
+        issuers = load_issuers(config)
     authenticator: Authenticator = TeamKeyAuthenticator(config.teams)
     if issuers:
+        from gateway.identity import ServiceAccountAuthenticator
+
         authenticator = CompositeAuthenticator(
             TeamKeyAuthenticator(config.teams), ServiceAccountAuthenticator(issuers, config.teams))
     return Policy(

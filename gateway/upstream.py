@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from gateway import __version__
 from gateway.config import Transport, UpstreamConfig
@@ -36,6 +35,8 @@ from gateway.transport import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+# What a transport raises for a failed exchange (aiohttp's are added when it is the transport).
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, ValueError)
 USER_AGENT = f"chroma-sync-gateway/{__version__}"
 CANCEL_PATH = "/api/v1/invocations/"
 LIST_PATH = "/api/v1/invocations"
@@ -82,12 +83,16 @@ class UpstreamClient:
             keepalive_expiry=30.0,
         )
         self._transport: httpx.AsyncBaseTransport
+        self._errors = _TRANSPORT_ERRORS
         if transport == "native":
             self._transport = NativeTransport(
                 config.base_url, ssl_context=context, max_connections=config.max_connections,
                 max_body=MAX_BODY_BYTES)
         elif transport == "aiohttp":
-            self._transport = AiohttpTransport(client=lambda: _aiohttp_session(config, context))
+            from gateway import aiohttp_transport  # only when chosen: it is heavy to import
+
+            self._transport = aiohttp_transport.transport(config, context)
+            self._errors = _TRANSPORT_ERRORS + aiohttp_transport.ERRORS
         else:
             self._transport = httpx.AsyncHTTPTransport(verify=context, limits=limits,
                                                        trust_env=False)
@@ -164,7 +169,7 @@ class UpstreamClient:
         except ResponseTooLarge as exc:
             self._report(True)
             raise UpstreamFailure("Chroma Sync sent a response body over 64 KiB") from exc
-        except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
+        except self._errors as exc:
             self._report(True)
             failure = UpstreamFailure(
                 f"Chroma Sync could not be reached or sent a broken response ({_kind(exc)})"
@@ -227,35 +232,12 @@ def _fast_urls_work() -> bool:
 _FAST_URLS = _fast_urls_work()
 
 
-def _aiohttp_session(config: UpstreamConfig, context: ssl.SSLContext) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        ssl=context, limit=config.max_connections, keepalive_timeout=30.0, ttl_dns_cache=60
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        # aiohttp would otherwise add accept-encoding, and content-type: application/octet-stream
-        # on a body-less PUT; the header allowlist names neither.
-        skip_auto_headers=("Accept-Encoding", "Content-Type"),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        raise_for_status=False,
-    )
-    # aiohttp silently re-sends an idempotent request (PUT included) once when the connection
-    # drops, even after the request has left: one audited attempt would become two cancels, and
-    # the caller could get the retry's 412 for an invocation the first request did cancel.
-    # There is no public switch; aiohttp's own test client turns it off the same way.
-    session._retry_connection = False
-    return session
-
-
 def _never_sent(exc: BaseException) -> bool:
     """Whether the request certainly never left: the connection was never made.
 
     The native transport says so itself: only its `never_sent` errors (a connection never
-    made, a header refused) were raised before the first byte was written. httpx-aiohttp maps
-    most aiohttp connection errors (a dropped kept-alive connection included) to
-    `httpx.ConnectTimeout`, so aiohttp's own exception, the cause, decides.
+    made, a header refused) were raised before the first byte was written. For aiohttp, its own
+    exception, the cause, decides (`gateway.aiohttp_transport.never_sent`).
     """
     chain: list[BaseException] = []
     current: BaseException | None = exc
@@ -264,11 +246,11 @@ def _never_sent(exc: BaseException) -> bool:
         current = current.__cause__
     if isinstance(exc, ConnectFailed | ConnectTimedOut | UnsafeHeader):
         return True
-    if any(isinstance(e, aiohttp.ClientError) for e in chain):
-        return any(
-            isinstance(e, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
-            for e in chain
-        )
+    aiohttp_transport = sys.modules.get("gateway.aiohttp_transport")
+    if aiohttp_transport is not None:
+        verdict: bool | None = aiohttp_transport.never_sent(chain)
+        if verdict is not None:
+            return verdict
     return any(isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError)
                for e in chain)
 
@@ -285,10 +267,12 @@ def _kind(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, MalformedResponse):
         return "malformed response"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | httpx.RemoteProtocolError):
+    aiohttp_transport = sys.modules.get("gateway.aiohttp_transport")
+    named: str | None = aiohttp_transport.kind(exc) if aiohttp_transport is not None else None
+    if named is not None:
+        return named
+    if isinstance(exc, httpx.RemoteProtocolError):
         return "connection closed or malformed response"
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return "malformed response"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError | httpx.TimeoutException):
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "connect timeout"
     return type(exc).__name__
