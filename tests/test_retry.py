@@ -317,6 +317,9 @@ def test_config_defaults_and_bounds_of_the_new_keys() -> None:
 
 
 def test_upstream_boundary_marks_a_refused_connection_as_never_sent() -> None:
+    # aiohttp's errors arise only with its transport configured, which loads this module.
+    import gateway.aiohttp_transport  # noqa: F401
+
     refused = aiohttp.ClientConnectorError(
         aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None),
         ConnectionRefusedError(111, "refused"))

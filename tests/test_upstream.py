@@ -235,3 +235,16 @@ def test_connect_timeout_bounds_a_connect_that_never_completes(transport: str) -
     assert failure.status == 502
     assert failure.code == "upstream_unavailable"
     assert 0.25 <= seconds < 2.0
+
+
+def test_the_default_start_imports_neither_aiohttp_nor_the_jwt_stack() -> None:
+    # Each costs start-up time and memory (issue 12's budget); only its own config loads it.
+    import subprocess
+    import sys
+
+    probe = ("import sys, gateway.cli, gateway.server, gateway.app, gateway.policy; "
+             "print(sorted(m for m in ('aiohttp', 'httpx_aiohttp', 'jwt', 'cryptography') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
