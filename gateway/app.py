@@ -414,11 +414,7 @@ class Gateway:
             status, outcome, error = exc.status, exc.outcome, exc.code
             failure = exc
         except asyncio.CancelledError:
-            # Shutdown ran out of grace: the result is still recorded, at close.
-            self.audit.write_later(self._record(
-                "cancel.result", cancel, status=None, error="shutdown",
-                outcome="upstream_error" if cancel.forwarded else "unavailable",
-            ))
+            self._record_shutdown(cancel)
             raise
         except Exception:
             log.exception("cancel.internal_error", request_id=cancel.request_id)
@@ -468,6 +464,13 @@ class Gateway:
             blocked=lambda: self.breaker.blocking,
         )
         return await sender.send()
+
+    def _record_shutdown(self, cancel: Cancellation) -> None:
+        """Shutdown ran out of grace for this cancel: its result is still recorded, at close."""
+        self.audit.write_later(self._record(
+            "cancel.result", cancel, status=None, error="shutdown",
+            outcome="upstream_error" if cancel.forwarded else "unavailable",
+        ))
 
     async def _finish(
         self, cancel: Cancellation, *, status: int, outcome: str, error: str | None

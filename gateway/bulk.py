@@ -459,10 +459,7 @@ async def _cancel_one(
         cancel.upstream_status = exc.upstream_status
         status, outcome, error = exc.status, exc.outcome, exc.code
     except asyncio.CancelledError:
-        gateway.audit.write_later(gateway._record(
-            "cancel.result", cancel, status=None, error="shutdown",
-            outcome="upstream_error" if cancel.forwarded else "unavailable",
-        ))
+        gateway._record_shutdown(cancel)
         raise
     except Exception:
         log.exception("cancel.internal_error", request_id=cancel.request_id)

@@ -31,6 +31,29 @@ FROZEN_KEY = keys.new_key()  # a team whose kill switch is off
 TEAM_KEYS = (BILLING_KEY, BILLING_KEY_2, FROZEN_KEY)
 
 
+@contextlib.contextmanager
+def black_holed_port() -> Iterator[int]:
+    """A loopback port whose connects hang: a listener that never accepts, its backlog full.
+
+    The kernel drops further SYNs, exactly like a connect to a black-holed address.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -28,6 +28,7 @@ from gateway.transport import (
     UnsafeHeader,
 )
 from gateway.upstream import _kind, _never_sent, ssl_context
+from tests.harness import black_holed_port
 
 TOKEN = "unit-upstream-token-0123456789abcdef"
 INVOCATION = "3f2a1c9e-8b7d-4e6f-9a1b-2c3d4e5f6a7b"
@@ -371,17 +372,7 @@ def test_refused_connection_is_never_sent() -> None:
 
 
 def test_connect_timeout_is_never_sent() -> None:
-    # A full backlog: the kernel drops the SYN, so the connect hangs (see test_upstream.py).
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
+    with black_holed_port() as port:
         url = f"http://127.0.0.1:{port}"
 
         async def main() -> BaseException:
@@ -390,11 +381,7 @@ def test_connect_timeout_is_never_sent() -> None:
                 await transport.handle_async_request(request(url, connect=0.2))
             return caught.value
 
-        try:
-            error = asyncio.run(main())
-        finally:
-            for filler in fillers:
-                filler.close()
+        error = asyncio.run(main())
     assert _never_sent(error)
     assert _kind(error) == "connect timeout"
 

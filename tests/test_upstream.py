@@ -20,6 +20,7 @@ from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamFailure
 from gateway.standin import Action, Raw, Reset, Respond, Stall, StandIn, json_response
 from gateway.upstream import MAX_BODY_BYTES, USER_AGENT, UpstreamAnswer, UpstreamClient
+from tests.harness import black_holed_port
 
 TOKEN = "unit-upstream-token-0123456789abcdef"
 INVOCATION = "3f2a1c9e-8b7d-4e6f-9a1b-2c3d4e5f6a7b"
@@ -200,18 +201,7 @@ def test_client_connection_refused_is_upstream_unavailable(transport: str) -> No
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_connect_timeout_bounds_a_connect_that_never_completes(transport: str) -> None:
-    # A listener that never accepts, with its backlog already full: the kernel drops further
-    # SYNs, so a connect hangs exactly like one to a black-holed address.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
+    with black_holed_port() as port:
 
         async def main() -> tuple[UpstreamFailure, float]:
             config = UpstreamConfig(base_url=f"http://127.0.0.1:{port}", token_file="unused",
@@ -226,11 +216,7 @@ def test_connect_timeout_bounds_a_connect_that_never_completes(transport: str) -
                 await client.aclose()
             return caught.value, loop.time() - started
 
-        try:
-            failure, seconds = asyncio.run(main())
-        finally:
-            for filler in fillers:
-                filler.close()
+        failure, seconds = asyncio.run(main())
     # Cannot be reached (502), found out after connect_timeout, long before the 5 s deadline.
     assert failure.status == 502
     assert failure.code == "upstream_unavailable"
