@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gateway import logs, mapping, retry
 from gateway.audit import AuditLog, AuditUnavailable, utc_timestamp
-from gateway.auth import Authenticator, Authorizer, Principal
+from gateway.auth import Principal
 from gateway.breaker import CircuitBreaker
 from gateway.config import Config
 from gateway.errors import (
@@ -39,7 +39,6 @@ from gateway.errors import (
     render,
 )
 from gateway.jobs import JobContext
-from gateway.limits import TeamLimits
 from gateway.lookup import JobLookup
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.policy import Policy, build_policy
@@ -221,19 +220,6 @@ class Gateway:
         for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
             gateway.watcher.add(issuer.file, issuer.adopt)
         return gateway
-
-    # Read-only views of the current policy, for code that handles no request.
-    @property
-    def authenticator(self) -> Authenticator:
-        return self.policy.authenticator
-
-    @property
-    def authorizer(self) -> Authorizer:
-        return self.policy.authorizer
-
-    @property
-    def limits(self) -> TeamLimits:
-        return self.policy.limits
 
     # -- lifecycle --------------------------------------------------------------------------
 

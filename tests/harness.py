@@ -242,6 +242,16 @@ def start_gateway(
     return gateway
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll `predicate` until it is truthy or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
 def wait_until_serving(gateway: RunningGateway, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -431,7 +431,7 @@ def test_checks_run_in_spec_order_and_the_first_failure_answers_unforwarded(
     for gateway in gateways.values():
         gateway.policy = dataclasses.replace(
             gateway.policy, limits=TeamLimits(gateway.config.teams, clock=lambda: 0.0))
-        assert gateway.limits.retry_after("limited") == 0
+        assert gateway.policy.limits.retry_after("limited") == 0
     with running(gateways["broken"]) as broken, running(gateways["no_audit"]) as no_audit:
         calls = {"broken": broken, "no_audit": no_audit}
         for row in ORDER_ROWS:

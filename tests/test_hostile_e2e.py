@@ -32,6 +32,7 @@ from tests.harness import (
     RunningGateway,
     free_port,
     start_gateway,
+    wait_for,
     wait_until_serving,
     write_config,
 )
@@ -124,15 +125,6 @@ def cancel_head(*, key: str | None = BILLING_KEY, extra: bytes = b"", host: bool
     if extra:
         lines.append(extra)
     return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 # -- slow clients ---------------------------------------------------------------------------

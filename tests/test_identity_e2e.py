@@ -17,7 +17,7 @@ import pytest
 from gateway import keys
 from gateway.standin import StandIn
 from tests.conftest import GatewayFactory
-from tests.harness import BILLING_KEY, UPSTREAM_TOKEN, RunningGateway
+from tests.harness import BILLING_KEY, UPSTREAM_TOKEN, RunningGateway, wait_for
 from tests.jwt_keys import AUDIENCE, ISSUER, SigningKey, claims, ec_key, hand_made, jwks, rsa_key
 
 RSA = rsa_key("rsa-1")
@@ -200,15 +200,6 @@ def test_the_jwt_appears_in_no_audit_record_log_line_or_metric(
                 assert needle.encode() not in data, where
 
 
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_rewritten_jwks_is_used_without_a_restart(
     gateway: RunningGateway, jwks_path: Path
 ) -> None:
@@ -217,7 +208,7 @@ def test_a_rewritten_jwks_is_used_without_a_restart(
     jwks_path.write_bytes(jwks(NEXT, EC))
     rewritten = time.monotonic()
     # Within two polls (about 1 s) the new key's tokens work; 5 s is only the test's patience.
-    assert wait_until(lambda: cancel(gateway, NEXT.token())[0].status_code == 202)
+    assert wait_for(lambda: cancel(gateway, NEXT.token())[0].status_code == 202)
     took = time.monotonic() - rewritten
     assert cancel(gateway, RSA.token())[0].status_code == 401
     assert cancel(gateway, EC.token())[0].status_code == 202
@@ -235,20 +226,20 @@ def test_a_bad_jwks_keeps_the_last_good_one(
     def rejected() -> bool:
         return any(e.get("event") == "identity.jwks_rejected" for e in gateway.logs())
 
-    assert wait_until(rejected)
+    assert wait_for(rejected)
     [event] = [e for e in gateway.logs() if e.get("event") == "identity.jwks_rejected"]
     assert event["kept_kids"] == ["ec-1", "rsa-1"] and event["issuer"] == "prod"
     assert cancel(gateway, RSA.token())[0].status_code == 202
     # And a good file after the bad one is taken again.
     jwks_path.write_bytes(jwks(NEXT))
-    assert wait_until(lambda: cancel(gateway, NEXT.token())[0].status_code == 202)
+    assert wait_for(lambda: cancel(gateway, NEXT.token())[0].status_code == 202)
 
 
 def test_a_deleted_jwks_keeps_the_last_good_one(
     gateway: RunningGateway, jwks_path: Path
 ) -> None:
     jwks_path.unlink()
-    assert wait_until(lambda: any(e.get("event") == "identity.jwks_unavailable"
+    assert wait_for(lambda: any(e.get("event") == "identity.jwks_unavailable"
                                   for e in gateway.logs()))
     assert cancel(gateway, EC.token())[0].status_code == 202
 
@@ -261,4 +252,4 @@ def test_a_gateway_started_without_its_jwks_refuses_tokens_until_it_appears(
     assert cancel(gateway, RSA.token())[0].status_code == 401
     assert cancel(gateway, BILLING_KEY)[0].status_code == 202  # team keys are unaffected
     path.write_bytes(jwks(RSA))
-    assert wait_until(lambda: cancel(gateway, RSA.token())[0].status_code == 202)
+    assert wait_for(lambda: cancel(gateway, RSA.token())[0].status_code == 202)

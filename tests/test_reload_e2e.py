@@ -16,7 +16,14 @@ import httpx
 from gateway import keys
 from gateway.standin import Delay, StandIn
 from tests.conftest import GatewayFactory
-from tests.harness import BILLING_KEY, BILLING_KEY_2, RunningGateway, default_teams, render_toml
+from tests.harness import (
+    BILLING_KEY,
+    BILLING_KEY_2,
+    RunningGateway,
+    default_teams,
+    render_toml,
+    wait_for,
+)
 
 NEW_KEY = keys.new_key()
 
@@ -42,15 +49,6 @@ def with_new_key() -> list[dict[str, Any]]:
 
 def config_records(gateway: RunningGateway) -> list[dict[str, Any]]:
     return [r for r in gateway.audit_records() if r["event"] == "audit.config"]
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def metric(gateway: RunningGateway, name: str, labels: str) -> float:
