@@ -31,6 +31,11 @@ from tests.harness import (
 TEAM = "bench"
 TEAM_KEY = keys.new_key()
 UPSTREAM_TOKEN = "bench-upstream-" + secrets.token_hex(16)
+# A public EC P-256 key (RFC 7517 appendix A.1's example): the bench never signs with it, it
+# only makes the gateway load, parse and watch a JWKS as a cluster's sidecar does.
+BENCH_JWK = {"kty": "EC", "crv": "P-256", "kid": "bench-1", "use": "sig", "alg": "ES256",
+             "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+             "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}
 
 
 @dataclass
@@ -81,18 +86,41 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def gateway_process(
     folder: Path, upstream_url: str, *, fsync: bool, transport: str,
     prefix: list[str] | None = None, scope: list[str] | None = None, lookup_cache: int = 10_000,
+    everything: bool = False,
 ) -> Iterator[RunningGateway]:
-    """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit."""
+    """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit.
+
+    `everything` configures, besides what is on by default (retries, circuit breaker,
+    in-flight limit, header timeout, denied-record suppression, reload watching), the optional
+    features a production sidecar runs with: audit HMAC, an `[[issuers]]` entry whose JWKS is
+    watched (workload identity loaded), a service account on the team, and a metrics listener
+    of its own. The benchmark's requests still authenticate with the team key.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    # Limits far above anything the benchmark can reach: no 429s from the rate limit. The
+    # in-flight limit is the default (32), which 32 connections reach and never pass.
+    team: dict[str, object] = {"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)],
+                               "scope": scope or ["*"], "rate_limit": 1e9, "burst": 10**9,
+                               "max_in_flight": 32}
+    audit: dict[str, object] = {"fsync": fsync, "denied_per_second": 20}
+    server: dict[str, object] = {"header_timeout": 5.0, "keepalive_timeout": 5.0}
+    issuers: list[dict[str, object]] | None = None
+    if everything:
+        key_file = folder / "audit-hmac-key"
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        audit["hmac_key_file"] = str(key_file)
+        jwks_file = folder / "jwks.json"
+        jwks_file.write_text(json.dumps({"keys": [BENCH_JWK]}))
+        issuers = [{"name": "bench-cluster", "issuer": "https://kubernetes.default.svc",
+                    "audience": "chroma-sync-gateway", "jwks_file": str(jwks_file)}]
+        team["service_accounts"] = ["bench/worker"]
+        server["metrics_port"] = free_port()
     config = write_config(
         folder, upstream_url=upstream_url, port=port, token=UPSTREAM_TOKEN,
         upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0,
                   "lookup_cache": lookup_cache},
-        audit={"fsync": fsync},
-        # Limits far above anything the benchmark can reach: no 429s.
-        teams=[{"name": TEAM, "keys": [keys.stored_form(TEAM_KEY)], "scope": scope or ["*"],
-                "rate_limit": 1e9, "burst": 10**9}],
+        audit=audit, server=server, teams=[team], issuers=issuers,
     )
     started = time.monotonic()
     if prefix:

@@ -69,14 +69,17 @@ class GatewaySetup:
     fsync: bool
     scope: tuple[str, ...] = ("*",)
     lookup_cache: int = 10_000
+    everything: bool = False  # every optional feature configured too (`procs.gateway_process`)
 
 
 # The default first: the native transport, unrestricted, then a scoped team on it. A scoped
 # cancel costs one get_job round trip on a cache miss (lookup_cache = 0 makes every request a
 # miss) and nothing upstream on a hit (the 256 ids repeat). Then the other transports.
-NATIVE = GatewaySetup("native (default) fsync=true", "native", True)
-SCOPED_MISS = GatewaySetup("native scoped, cache miss", "native", True, ("database:bench",), 0)
-SCOPED_CACHED = GatewaySetup("native scoped, cached", "native", True, ("database:bench",))
+NATIVE = GatewaySetup("native (default) fsync=true", "native", True, everything=True)
+SCOPED_MISS = GatewaySetup("native scoped, cache miss", "native", True, ("database:bench",), 0,
+                           everything=True)
+SCOPED_CACHED = GatewaySetup("native scoped, cached", "native", True, ("database:bench",),
+                             everything=True)
 AIOHTTP_NOFSYNC = GatewaySetup("aiohttp fsync=false", "aiohttp", False)
 AIOHTTP = GatewaySetup("aiohttp fsync=true", "aiohttp", True)
 HTTPX = GatewaySetup("httpx fsync=true", "httpx", True)
@@ -152,8 +155,8 @@ def run_gateway_scenarios(
 ) -> None:
     label, transport, fsync = setup.label, setup.transport, setup.fsync
     with procs.gateway_process(folder, standin.base_url, fsync=fsync, transport=transport,
-                               scope=list(setup.scope),
-                               lookup_cache=setup.lookup_cache) as gw:
+                               scope=list(setup.scope), lookup_cache=setup.lookup_cache,
+                               everything=setup.everything) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         for connections in CONNECTIONS:
             state: dict[str, Any] = {}
