@@ -161,6 +161,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes, self._boundary = False, 0, True
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # the one just made
+            cycle.transport = OneWriteResponses(self.transport, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -201,6 +204,54 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(head + body)
         self.transport.close()
+
+
+class OneWriteResponses:
+    """The transport as one request's response cycle sees it: the response head is held back
+    and written with the body, in one `write`.
+
+    uvicorn writes a head and its body apart: two syscalls, and two segments for the caller
+    to wait for. A head is held only when a body of a known, non-zero length follows (the
+    cycle has read Content-Length); anything else, and everything after, is written at once.
+    Closing writes what is held first, so nothing the cycle wrote is ever lost.
+    """
+
+    __slots__ = ("_cycle", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+            return
+        cycle = self._cycle
+        if (cycle.response_started and not cycle.response_complete
+                and cycle.chunked_encoding is False and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"):
+            self._held = data  # the head: its body comes next
+            self._cycle = _AfterHead
+            return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._transport.write(self._held)
+            self._held = None
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _AfterHead:
+    """What `OneWriteResponses` knows once it holds a head: no other write is one."""
+
+    response_started = False
 
 
 class CannotListen(Exception):

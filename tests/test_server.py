@@ -184,3 +184,107 @@ def test_error_body_is_json_parseable_on_its_own(port: int) -> None:
     response = raw_request(port, b"\x00\x01\x02 / HTTP/1.1\r\n\r\n")
     assert json.loads(response.body.decode("utf-8"))["error"] == "bad_request"
 
+
+
+# -- OneWriteResponses: a response's head leaves with its body ------------------------------
+
+
+class RecordingTransport:
+    """Enough of an asyncio transport for uvicorn's protocol; records each `write`."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def respond_with(status: int, body: bytes, *, send_body: bool = True) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode())]})
+        if send_body:
+            await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def writes_for(app: Any, request: bytes) -> tuple[list[bytes], bool]:
+    """Run the gateway's HTTP protocol in process on `request`: the writes it made, closed."""
+    import asyncio
+
+    from uvicorn.server import ServerState
+
+    from gateway.server import GatewayHttpProtocol
+
+    async def scenario() -> tuple[list[bytes], bool]:
+        cfg = uvicorn.Config(app, log_config=None)
+        cfg.load()
+        protocol = GatewayHttpProtocol(config=cfg, server_state=ServerState(), app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request)
+        for _ in range(50):
+            if protocol.tasks:
+                await asyncio.gather(*protocol.tasks)
+            await asyncio.sleep(0)
+        closed = transport.closed
+        protocol.connection_lost(None)  # (closes the transport itself)
+        return transport.writes, closed
+
+    return asyncio.run(scenario())
+
+
+CANCEL_REQUEST = (b"PUT /api/v1/invocations/x HTTP/1.1\r\nHost: gw\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+
+
+def test_a_response_with_a_body_is_written_in_one_write() -> None:
+    writes, closed = writes_for(respond_with(202, b"{}"), CANCEL_REQUEST)
+    assert len(writes) == 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 202 ")
+    assert writes[0].endswith(b"\r\n\r\n{}")
+    assert not closed
+
+
+def test_two_pipelined_responses_are_one_write_each_and_in_order() -> None:
+    writes, _ = writes_for(respond_with(202, b'{"n":1}'), CANCEL_REQUEST * 2)
+    assert len(writes) == 2, writes
+    assert all(w.startswith(b"HTTP/1.1 202 ") and w.endswith(b'{"n":1}') for w in writes)
+
+
+def test_a_response_without_a_body_is_written_at_once() -> None:
+    writes, _ = writes_for(respond_with(204, b""), CANCEL_REQUEST)
+    assert writes[0].startswith(b"HTTP/1.1 204 ") and writes[0].endswith(b"\r\n\r\n")
+    assert not any(writes[1:])  # (uvicorn's empty body write)
+
+
+def test_a_head_request_is_answered_with_its_head_alone() -> None:
+    writes, _ = writes_for(respond_with(200, b"{}"),
+                           b"HEAD /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert b"".join(writes).endswith(b"\r\n\r\n")
+    assert b"{}" not in b"".join(writes)
+
+
+def test_a_held_head_is_written_before_the_connection_closes_when_no_body_follows() -> None:
+    writes, closed = writes_for(respond_with(202, b"{}", send_body=False), CANCEL_REQUEST)
+    assert closed
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 202 ")
