@@ -62,7 +62,9 @@ def configure(*, json_output: bool | None = None, level: int = logging.INFO) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),  # type: ignore[arg-type]
+        # One write a line, newline included (`print` writes it apart): one syscall, and a
+        # full pipe drops whole lines, never a line without its end.
+        logger_factory=structlog.WriteLoggerFactory(stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)

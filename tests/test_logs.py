@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +186,32 @@ def test_configure_twice_leaves_one_handler_on_the_root_logger(
     logs.configure(json_output=True)
     logging.getLogger("some.library").warning("once")
     assert [e["event"] for e in json_lines(capsys.readouterr().err)] == ["once"]
+
+
+def test_each_line_reaches_stderr_in_one_write_newline_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One write a line: one syscall, and a full pipe drops a whole line, never its end."""
+    monkeypatch.setattr(logs, "_stderr", logs._stderr)  # restored after the test
+    with open(tmp_path / "stderr", "w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        logs.configure(json_output=True)
+        writer = logs._stderr
+        assert writer is not None
+        writes: list[bytes] = []
+        real_write = writer.write
+
+        def spy(data: bytes, *, units: int = 1) -> bool:
+            writes.append(bytes(data))
+            return real_write(data, units=units)
+
+        monkeypatch.setattr(writer, "write", spy)
+        log = structlog.get_logger("unit.writes")
+        log.info("access", status=202)
+        log.warning("upstream.failed", error="upstream_timeout")
+        logging.getLogger("some.library").warning("stdlib too")
+    assert [w.count(b"\n") for w in writes] == [1, 1, 1], writes
+    assert all(w.endswith(b"\n") for w in writes)
+    events = [json.loads(w)["event"] for w in writes]
+    assert events == ["access", "upstream.failed", "stdlib too"]
+    assert (tmp_path / "stderr").read_bytes() == b"".join(writes)
