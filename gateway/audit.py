@@ -2,11 +2,12 @@
 
 How a record gets to disk:
 
-- `write()` queues a record body and waits. A flusher task, scheduled once for everything
-  queued in one turn of the event loop, chains it all (`seq`, `prev`, `hash`, `mac`: see
-  `gateway.audit_chain`) and appends it with one `write` and, when an attempt record is in the
-  batch and `fsync = true`, one `fsync`. Under load many requests share one fsync (group
-  commit) while each still waits until its own record is durable.
+- `write()` queues a record body and waits. A flush, scheduled once (`call_soon`) for
+  everything queued in one turn of the event loop, chains it all (`seq`, `prev`, `hash`,
+  `mac`: see `gateway.audit_chain`) and appends it with one `write` and, when an attempt
+  record is in the batch and `fsync = true`, one `fsync` (`fdatasync`). Under load many
+  requests share one fsync (group commit) while each still waits until its own record is
+  durable.
 - The fsync runs on the event loop, not in a thread: measured here, the hand-off to a writer
   thread and back cost more than the fsync itself (1-connection p50 1.41 ms with a thread,
   1.16 ms without; 32 connections 1554 vs 1841 req/s). A disk that stalls therefore stalls
@@ -36,6 +37,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -62,8 +64,20 @@ ROTATED_DIGITS = 6
 
 def utc_timestamp(now: float | None = None) -> str:
     """RFC 3339, UTC, milliseconds: `2026-11-28T12:42:29.123Z`."""
-    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _stamp
+    fraction, whole = math.modf(time.time() if now is None else now)
+    second, micro = int(whole), round(fraction * 1_000_000)  # as `datetime` rounds it
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    # Every cancel stamps two records or more: the date and time are formatted once a second.
+    stamped, text = _stamp
+    if second != stamped:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _stamp = (second, text)
+    return f"{text}{micro // 1000:03d}Z"
+
+
+_stamp = (-1, "")  # the last second formatted, and its text (one tuple: swapped whole)
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -116,7 +130,7 @@ class AuditLog:
         self._size = 0  # bytes of the live file known to be whole records
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None] | None]] = []
         self._retained: list[dict[str, Any]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flush_due: asyncio.Handle | None = None  # the flush scheduled for this turn
         self._durable_pending = False
         self._unsynced = False
         self._checkpoint_timer: asyncio.Task[None] | None = None
@@ -161,13 +175,11 @@ class AuditLog:
 
     async def start(self) -> None:
         self.open()
-        loop = asyncio.get_running_loop()
-        if self._queue:
-            # An `audit.recovered` record: the bytes it describes are already cut from the
-            # file, so it is written now, not whenever the first request comes.
-            self._flusher = loop.create_task(self._flush())
-            await self.drain()
-        self._checkpoint_timer = loop.create_task(self._checkpoint_every_interval())
+        # An `audit.recovered` record: the bytes it describes are already cut from the file,
+        # so it is written now, not whenever the first request comes.
+        await self.drain()
+        self._checkpoint_timer = asyncio.get_running_loop().create_task(
+            self._checkpoint_every_interval())
 
     async def close(self) -> None:
         """Write what is queued and retained, then release the file and the lock."""
@@ -193,8 +205,22 @@ class AuditLog:
             self._mirror.close()
 
     async def drain(self) -> None:
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        """Write what is queued now, instead of at the end of this turn of the event loop."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        if self._queue or self._retained:
+            self._flush()
+
+    def _schedule_flush(self) -> None:
+        # A plain callback, not a task: `_flush` never waits, and a task per batch (its
+        # coroutine, its step, its wake-up of the writer) cost more than the flush's own logic.
+        if self._flush_due is None:
+            self._flush_due = asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = None
+        self._flush()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -210,13 +236,11 @@ class AuditLog:
         Raises `AuditUnavailable` when it can't be written. With `retain=True` the record is
         kept in memory instead and written once the log accepts writes again.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((body, future))
         if durable:
             self._durable_pending = True
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
+        self._schedule_flush()
         try:
             await future
         except AuditUnavailable:
@@ -227,8 +251,7 @@ class AuditLog:
     def write_later(self, body: dict[str, Any]) -> None:
         """Queue a record nobody waits for (it is retained if the write fails)."""
         self._queue.append((body, None))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._schedule_flush()
 
     def _retain(self, body: dict[str, Any]) -> None:
         if len(self._retained) >= MAX_RETAINED:
@@ -250,12 +273,12 @@ class AuditLog:
             self.open()
             if self._fd is None:
                 return False
-        loop = asyncio.get_running_loop()
-        if self._flusher is None or self._flusher.done():
-            # Retry what was retained even though the log is not ready: readiness must be
-            # able to recover without a cancel (a pod that is not ready gets none).
-            self._flusher = loop.create_task(self._flush(retry=True))
-        await self.drain()
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        # Retry what was retained even though the log is not ready: readiness must be able to
+        # recover without a cancel (a pod that is not ready gets none).
+        self._flush(retry=True)
         if not self.ready and self._fd is not None and not self._retained:
             # Nothing to prove writability with: an empty write checks the descriptor.
             try:
@@ -266,7 +289,7 @@ class AuditLog:
                 pass
         return self.ready
 
-    async def _flush(self, retry: bool = False) -> None:
+    def _flush(self, retry: bool = False) -> None:
         while self._queue or (self._retained and (self.ready or retry)):
             retry = False
             batch, self._queue = self._queue, []
@@ -449,7 +472,9 @@ class AuditLog:
                     raise OSError(errno.EIO, "short write")
                 view = view[written:]
             if sync:
-                os.fsync(fd)
+                # fdatasync: the data and the file size (all an appended record needs to be
+                # read back after a crash), without the inode's timestamps; ~10% cheaper here.
+                os.fdatasync(fd)
                 self._unsynced = False
             else:
                 self._unsynced = self.config.fsync

@@ -26,11 +26,15 @@ GENESIS = "0" * 64
 SEAL_FIELDS = ("hash", "mac")
 
 
+# One encoder for every record: `json.dumps` with these options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical(body: Mapping[str, Any]) -> bytes:
     """The canonical encoding of `body` (which must not hold `hash` or `mac`)."""
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _ENCODER.encode(body).encode("utf-8")
 
 
 def body_of(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,24 @@ def make_log(tmp_path: Path, count: int, **overrides: Any) -> Path:
 # -- the chain ----------------------------------------------------------------------------------
 
 
+def test_utc_timestamp_is_datetimes_millisecond_form_within_and_across_seconds() -> None:
+    from datetime import UTC, datetime
+
+    def expected(now: float) -> str:
+        moment = datetime.fromtimestamp(now, UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+    rng = random.Random(12)
+    moments = [1764333749.123, 1764333749.9999996, 1764333750.0, 1764333749.5004, 1.0]
+    for _ in range(20_000):
+        second = rng.randrange(1_700_000_000, 1_900_000_000)
+        moments += [second + rng.random(), second + rng.randrange(1_000_000) / 1e6 + 5e-7]
+    assert [utc_timestamp(t) for t in moments] == [expected(t) for t in moments]
+    assert utc_timestamp(1764333749.123) == "2025-11-28T12:42:29.123Z"
+    now = utc_timestamp()  # the clock's own
+    assert now.endswith("Z") and len(now) == len("2026-11-28T12:42:29.123Z")
+
+
 def test_records_are_chained_seq_prev_hash_and_verify(tmp_path: Path) -> None:
     path = make_log(tmp_path, 5)
     records = records_of(path)
@@ -164,7 +182,7 @@ def test_group_commit_200_concurrent_writes_share_few_fsyncs_and_each_waits_for_
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=True))
         await log.start()
-        with patched_os(fsync=counting_fsync):
+        with patched_os(fdatasync=counting_fsync):
             await asyncio.gather(*(one(log, n) for n in range(200)))
         await log.close()
 
@@ -187,7 +205,7 @@ def test_without_fsync_config_no_fsync_is_made(tmp_path: Path) -> None:
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=False))
         await log.start()
-        with patched_os(fsync=counting_fsync):
+        with patched_os(fdatasync=counting_fsync):
             await write_some(log, 10)
         await log.close()
 
