@@ -469,7 +469,6 @@ class Gateway:
         if self.denied.admit(result, authenticated=cancel.principal is not None):
             with contextlib.suppress(AuditUnavailable):
                 await self.audit.write(result, retain=True, durable=False)
-        self._update_gauges()
 
     async def _job_context(self, invocation_id: str, token: str, request_id: str) -> JobContext:
         try:

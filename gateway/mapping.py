@@ -54,6 +54,8 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
     """Map an upstream answer to the caller's reply, or raise `UpstreamFailure`."""
     status = answer.status
     if status == 202:
+        if answer.body == b"{}":  # what Chroma Sync sends: nothing to parse or to check
+            return Reply(202, b"{}", "cancelled", None, status)
         try:
             parsed = json.loads(answer.body) if answer.body else {}
         except (ValueError, RecursionError):
