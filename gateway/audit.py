@@ -131,7 +131,10 @@ class AuditLog:
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None] | None]] = []
         self._retained: list[dict[str, Any]] = []
         self._flush_due: asyncio.Handle | None = None  # the flush scheduled for this turn
-        self._durable_pending = False
+        self._durable_pending = 0  # records queued that must be durable when written
+        # Whether the last durable batch held more than one such record: writes are concurrent,
+        # and a result record waits for the next flush to share its `write` with others.
+        self._concurrent = False
         self._unsynced = False
         self._checkpoint_timer: asyncio.Task[None] | None = None
         self.ready = False
@@ -231,7 +234,11 @@ class AuditLog:
 
         With `durable` (attempt records) and `fsync = true`, it is also fsynced before this
         returns. Other records are written at once, so they survive a crash of the process,
-        and reach the disk with the next fsync or at shutdown.
+        and reach the disk with the next fsync or at shutdown. When writes are not
+        concurrent (nothing queued, the last durable batch was one record) such a record is
+        written in this call, not at the next turn of the event loop: there is nothing to
+        share a `write` with, and a cancel's result then costs its caller's next request
+        nothing.
 
         Raises `AuditUnavailable` when it can't be written. With `retain=True` the record is
         kept in memory instead and written once the log accepts writes again.
@@ -239,8 +246,12 @@ class AuditLog:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((body, future))
         if durable:
-            self._durable_pending = True
-        self._schedule_flush()
+            self._durable_pending += 1
+            self._schedule_flush()
+        elif len(self._queue) == 1 and self._flush_due is None and not self._concurrent:
+            self._flush()
+        else:
+            self._schedule_flush()
         try:
             await future
         except AuditUnavailable:
@@ -311,8 +322,10 @@ class AuditLog:
                 self._retained[:0] = bodies[:retained_count]
                 continue
             saved = (self._chain.seq, self._chain.head, self._chain.since_checkpoint)
-            sync = self.config.fsync and self._durable_pending
-            self._durable_pending = False
+            sync = self.config.fsync and self._durable_pending > 0
+            if self._durable_pending:
+                self._concurrent = self._durable_pending > 1
+            self._durable_pending = 0
             try:
                 data, sealed = self._seal_batch(bodies, mac_key)
                 self._append(data, sync)
@@ -531,7 +544,7 @@ class AuditLog:
                 "last_seq": tail.seq if tail else None, "last_hash": tail.head if tail else None,
                 "reason": f"audit.keep_files = {keep}",
             }, None))
-            self._durable_pending = True
+            self._durable_pending += 1
 
     def _delete(self, record: dict[str, Any]) -> None:
         name = record["file"]
@@ -602,7 +615,7 @@ class AuditLog:
             # Written now, before anything else, so it sits where the damage was; and
             # fsynced, as the truncation it describes was.
             self._queue.insert(0, (recovered, None))
-            self._durable_pending = True
+            self._durable_pending += 1
 
 
 class _BrokenTail(Exception):

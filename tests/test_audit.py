@@ -214,6 +214,74 @@ def test_without_fsync_config_no_fsync_is_made(tmp_path: Path) -> None:
     assert len(records_of(tmp_path / "audit.jsonl")) == 11
 
 
+def completes_without_waiting(coro: Coroutine[Any, Any, None]) -> bool:
+    """Whether `coro` finished in one step: it never yielded to the event loop."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    coro.close()
+    return False
+
+
+def test_a_result_record_written_alone_is_written_in_the_call_and_not_fsynced(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    syncs = 0
+
+    def counting_sync(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        os.fdatasync(fd)
+
+    async def scenario() -> None:
+        log = AuditLog(config(tmp_path, fsync=True))
+        await log.start()
+        with patched_os(fdatasync=counting_sync):
+            await log.write(body(1))  # one attempt at a time: writes are not concurrent
+            assert syncs == 1
+            result = body(1, "cancel.result")
+            assert completes_without_waiting(log.write(result, durable=False))
+            assert [r["event"] for r in records_of(path)][-2:] == [
+                "cancel.attempt", "cancel.result"]
+            assert syncs == 1  # written at once, fsynced with the next attempt
+            await log.write(body(2))
+            assert syncs == 2
+        await log.close()
+
+    run(scenario())
+    assert_verifies([path])
+
+
+def test_while_attempts_are_concurrent_a_result_record_shares_the_next_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+
+    async def scenario() -> None:
+        log = AuditLog(config(tmp_path, fsync=True))
+        await log.start()
+        await asyncio.gather(log.write(body(1)), log.write(body(2)))  # one batch of two
+        writes: list[bytes] = []
+
+        def counting_write(fd: int, data: Any) -> int:
+            writes.append(bytes(data))
+            return os.write(fd, data)
+
+        with patched_os(write=counting_write):
+            # It waits for the flush at the end of this turn (the record stays queued)...
+            waiting = log.write(body(1, "cancel.result"), durable=False)
+            assert not completes_without_waiting(waiting)
+            # ...which this one joins: both leave in one write.
+            await log.write(body(2, "cancel.result"), durable=False)
+        assert len(writes) == 1 and writes[0].count(b"\n") == 2
+        await log.close()
+
+    run(scenario())
+    assert_verifies([path])
+
+
 # -- short writes -------------------------------------------------------------------------------
 
 
