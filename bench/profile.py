@@ -13,9 +13,11 @@ profiling inflates small functions, so read it for ranking and call counts, not 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,13 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 _MARKERS = ("site-packages/", "/lib/python3.", "/bench/", "/gateway/", "/tests/")
 
 
+def executable() -> str | None:
+    """py-spy on PATH, or beside this interpreter (`pip install py-spy` into the .venv)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+
+
 def available() -> bool:
-    return shutil.which("py-spy") is not None
+    return executable() is not None
 
 
 def short_file(path: str) -> str:
@@ -53,12 +60,13 @@ def package_of(short: str) -> str:
 # seal counts as "audit seal". First matching rule wins.
 _COMPONENTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     # (component, file prefixes, function names)
-    ("audit writer thread: os.write + os.fsync", (), ("AuditLog._append",)),
+    ("audit: os.write + os.fdatasync (on the event loop)", (), ("AuditLog._append",)),
+    ("inbound HTTP: the response's socket write", (), ("OneWriteResponses.write",)),
     ("audit: seal records (json + sha256)", ("gateway/audit_chain.py",),
      ("AuditLog._seal_batch", "AuditLog._seal")),
     ("audit: build records + timestamps", (), ("Gateway._record", "utc_timestamp")),
-    ("audit: queue/flush task (gateway.audit)", ("gateway/audit.py",), ()),
-    ("audit: hand-off to writer thread (executor, GIL)",
+    ("audit: queue and flush (gateway.audit: stat, settle)", ("gateway/audit.py",), ()),
+    ("threads: file watching reads, executor",
      ("stdlib/concurrent/", "stdlib/threading.py", "stdlib/queue.py"),
      ("BaseEventLoop.run_in_executor", "_chain_future.<locals>._call_set_state",
       "_chain_future.<locals>._call_check_cancel", "_copy_future_state", "wrap_future")),
@@ -160,9 +168,9 @@ class Sampler:
         self.rate = rate
         self.out = out
         self._process = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--duration", str(round(seconds)),
-             "--rate", str(rate), "--format", "raw", "--output", str(out), "--threads",
-             "--nonblocking", "--full-filenames"],
+            [executable() or "py-spy", "record", "--pid", str(pid),
+             "--duration", str(round(seconds)), "--rate", str(rate), "--format", "raw",
+             "--output", str(out), "--threads", "--nonblocking", "--full-filenames"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 

@@ -213,7 +213,7 @@ def cprofile_gateway(
     """The gateway under cProfile (fsync=true) serving 1 connection."""
     stats = folder / "gateway.pstats"
     with procs.gateway_process(folder, upstream_url, fsync=True, transport=transport,
-                               prefix=["-m", "cProfile", "-o", str(stats)]) as gw:
+                               everything=True, prefix=["-m", "cProfile", "-o", str(stats)]) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         load = Settings(settings.warmup, settings.count, settings.seconds,
                         settings.fsync_iterations, settings.profile_seconds)
@@ -248,7 +248,8 @@ def profile_gateway(
     if not pyspy.available():
         print("  (--profile: py-spy is not installed; `pip install py-spy` to enable)")
         return None
-    with procs.gateway_process(folder, upstream_url, fsync=True, transport=transport) as gw:
+    with procs.gateway_process(folder, upstream_url, fsync=True, transport=transport,
+                               everything=True) as gw:
         requests = procs.gateway_requests(gw.port, ids)
         holder: dict[str, pyspy.Sampler] = {}
 
