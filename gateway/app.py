@@ -15,7 +15,7 @@ import functools
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,9 @@ REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 MAX_BODY_BYTES = 1024
 # Set in the scope by the protocol when the body did not arrive within server.header_timeout.
 TIMED_OUT = "gateway.timed_out"
+# Set in the scope by the protocol: the live collection of requests in progress (uvicorn's
+# tasks, every connection's). A cancel that is the only one writes its attempt record at once.
+IN_PROGRESS = "gateway.in_progress"
 
 
 class ClientGone(Exception):
@@ -93,6 +96,12 @@ class Cancellation:
     tries: int = 0  # attempt records written; the last one's `attempt`
     attempts: int = 0  # PUTs sent (or that may have been): the result's `attempts`
     reconciled: bool = False  # the answer was settled by a lookup (`gateway.retry`)
+    in_progress: Sized | None = None  # the requests in progress (`IN_PROGRESS`), if known
+
+    @property
+    def alone(self) -> bool:
+        """Whether no other request is in progress: none could share this one's fsync."""
+        return self.in_progress is not None and len(self.in_progress) <= 1
 
 
 @dataclass
@@ -358,6 +367,7 @@ class Gateway:
                            else raw_id[:128].decode("latin-1")),
             client=client[0] if client else None,
             started=started,
+            in_progress=scope.get(IN_PROGRESS),
         )
         status, outcome = 500, "upstream_error"
         error: str | None = "internal_error"
@@ -441,7 +451,8 @@ class Gateway:
         sender = retry.Sender(
             cancel, self.retry_policy, started=cancel.started,
             record_attempt=lambda: self.audit.write(self._record(
-                "cancel.attempt", cancel, outcome="pending", status=None, error=None)),
+                "cancel.attempt", cancel, outcome="pending", status=None, error=None),
+                alone=cancel.alone),
             put=lambda timeout: self._forward(cancel.invocation_id, token, cancel.request_id,
                                               timeout),
             look_up=lambda timeout: self.lookup.job(cancel.invocation_id, token=token,

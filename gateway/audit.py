@@ -228,7 +228,8 @@ class AuditLog:
     # -- writing ----------------------------------------------------------------------------
 
     async def write(
-        self, body: dict[str, Any], *, retain: bool = False, durable: bool = True
+        self, body: dict[str, Any], *, retain: bool = False, durable: bool = True,
+        alone: bool = False,
     ) -> None:
         """Append one record and wait until it is written.
 
@@ -247,7 +248,10 @@ class AuditLog:
         self._queue.append((body, future))
         if durable:
             self._durable_pending += 1
-            self._schedule_flush()
+            if alone and len(self._queue) == 1 and self._flush_due is None:
+                self._flush()
+            else:
+                self._schedule_flush()
         elif len(self._queue) == 1 and self._flush_due is None and not self._concurrent:
             self._flush()
         else:

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.app import TIMED_OUT, Gateway
+from gateway.app import IN_PROGRESS, TIMED_OUT, Gateway
 from gateway.config import Config, ServerConfig
 from gateway.errors import error_body
 
@@ -161,6 +161,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes, self._boundary = False, 0, True
         super().on_headers_complete()
+        self.scope[IN_PROGRESS] = self.server_state.tasks  # type: ignore[literal-required]
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # the one just made
             cycle.transport = OneWriteResponses(self.transport, cycle)  # type: ignore[assignment]

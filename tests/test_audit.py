@@ -254,6 +254,49 @@ def test_a_result_record_written_alone_is_written_in_the_call_and_not_fsynced(
     assert_verifies([path])
 
 
+def test_an_attempt_written_alone_is_durable_within_the_call(tmp_path: Path) -> None:
+    syncs = 0
+
+    def counting_sync(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        os.fdatasync(fd)
+
+    async def scenario() -> None:
+        log = AuditLog(config(tmp_path, fsync=True))
+        await log.start()
+        with patched_os(fdatasync=counting_sync):
+            assert completes_without_waiting(log.write(body(1), alone=True))
+            assert syncs == 1
+            assert records_of(tmp_path / "audit.jsonl")[-1]["request_id"] == "req-1"
+        await log.close()
+
+    run(scenario())
+
+
+def test_an_attempt_alone_still_joins_a_flush_already_due_and_shares_its_fsync(
+    tmp_path: Path,
+) -> None:
+    syncs = 0
+
+    def counting_sync(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        os.fdatasync(fd)
+
+    async def scenario() -> None:
+        log = AuditLog(config(tmp_path, fsync=True))
+        await log.start()
+        with patched_os(fdatasync=counting_sync):
+            waiting = log.write(body(1))  # queued for the flush at the end of this turn
+            assert not completes_without_waiting(waiting)
+            await log.write(body(2), alone=True)
+        assert syncs == 1
+        await log.close()
+
+    run(scenario())
+
+
 def test_while_attempts_are_concurrent_a_result_record_shares_the_next_write(
     tmp_path: Path,
 ) -> None:

@@ -288,3 +288,17 @@ def test_a_held_head_is_written_before_the_connection_closes_when_no_body_follow
     writes, closed = writes_for(respond_with(202, b"{}", send_body=False), CANCEL_REQUEST)
     assert closed
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 202 ")
+
+
+def test_the_protocol_gives_each_request_the_live_set_of_requests_in_progress() -> None:
+    from gateway.app import IN_PROGRESS
+
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(len(scope[IN_PROGRESS]))  # this request's own task is in it
+        await respond_with(202, b"{}")(scope, receive, send)
+
+    writes, _ = writes_for(app, CANCEL_REQUEST)
+    assert seen == [1]
+    assert len(writes) == 1
