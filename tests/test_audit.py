@@ -53,6 +53,17 @@ class _OsProxy:
         return getattr(os, name)
 
 
+class CountedSync:
+    """`os.fdatasync` that counts its calls (pass it to `patched_os(fdatasync=...)`)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        os.fdatasync(fd)
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
@@ -195,22 +206,17 @@ def test_group_commit_200_concurrent_writes_share_few_fsyncs_and_each_waits_for_
 
 
 def test_without_fsync_config_no_fsync_is_made(tmp_path: Path) -> None:
-    fsyncs = 0
-
-    def counting_fsync(fd: int) -> None:
-        nonlocal fsyncs
-        fsyncs += 1
-        os.fsync(fd)
+    syncs = CountedSync()
 
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=False))
         await log.start()
-        with patched_os(fdatasync=counting_fsync):
+        with patched_os(fdatasync=syncs):
             await write_some(log, 10)
         await log.close()
 
     run(scenario())
-    assert fsyncs == 0
+    assert syncs.calls == 0
     assert len(records_of(tmp_path / "audit.jsonl")) == 11
 
 
@@ -228,26 +234,21 @@ def test_a_result_record_written_alone_is_written_in_the_call_and_not_fsynced(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    syncs = 0
-
-    def counting_sync(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        os.fdatasync(fd)
+    syncs = CountedSync()
 
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=True))
         await log.start()
-        with patched_os(fdatasync=counting_sync):
+        with patched_os(fdatasync=syncs):
             await log.write(body(1))  # one attempt at a time: writes are not concurrent
-            assert syncs == 1
+            assert syncs.calls == 1
             result = body(1, "cancel.result")
             assert completes_without_waiting(log.write(result, durable=False))
             assert [r["event"] for r in records_of(path)][-2:] == [
                 "cancel.attempt", "cancel.result"]
-            assert syncs == 1  # written at once, fsynced with the next attempt
+            assert syncs.calls == 1  # written at once, fsynced with the next attempt
             await log.write(body(2))
-            assert syncs == 2
+            assert syncs.calls == 2
         await log.close()
 
     run(scenario())
@@ -255,19 +256,14 @@ def test_a_result_record_written_alone_is_written_in_the_call_and_not_fsynced(
 
 
 def test_an_attempt_written_alone_is_durable_within_the_call(tmp_path: Path) -> None:
-    syncs = 0
-
-    def counting_sync(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        os.fdatasync(fd)
+    syncs = CountedSync()
 
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=True))
         await log.start()
-        with patched_os(fdatasync=counting_sync):
+        with patched_os(fdatasync=syncs):
             assert completes_without_waiting(log.write(body(1), alone=True))
-            assert syncs == 1
+            assert syncs.calls == 1
             assert records_of(tmp_path / "audit.jsonl")[-1]["request_id"] == "req-1"
         await log.close()
 
@@ -277,21 +273,16 @@ def test_an_attempt_written_alone_is_durable_within_the_call(tmp_path: Path) -> 
 def test_an_attempt_alone_still_joins_a_flush_already_due_and_shares_its_fsync(
     tmp_path: Path,
 ) -> None:
-    syncs = 0
-
-    def counting_sync(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        os.fdatasync(fd)
+    syncs = CountedSync()
 
     async def scenario() -> None:
         log = AuditLog(config(tmp_path, fsync=True))
         await log.start()
-        with patched_os(fdatasync=counting_sync):
+        with patched_os(fdatasync=syncs):
             waiting = log.write(body(1))  # queued for the flush at the end of this turn
             assert not completes_without_waiting(waiting)
             await log.write(body(2), alone=True)
-        assert syncs == 1
+        assert syncs.calls == 1
         await log.close()
 
     run(scenario())
