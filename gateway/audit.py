@@ -235,11 +235,15 @@ class AuditLog:
 
         With `durable` (attempt records) and `fsync = true`, it is also fsynced before this
         returns. Other records are written at once, so they survive a crash of the process,
-        and reach the disk with the next fsync or at shutdown. When writes are not
-        concurrent (nothing queued, the last durable batch was one record) such a record is
-        written in this call, not at the next turn of the event loop: there is nothing to
-        share a `write` with, and a cancel's result then costs its caller's next request
-        nothing.
+        and reach the disk with the next fsync or at shutdown.
+
+        A record is written by the flush at the end of this turn of the event loop, which
+        takes everything queued meanwhile (group commit); or, with nothing queued, in this
+        call, when there is nothing it could share: a durable record whose writer says it is
+        `alone` (no other request in progress), or another record while writes are not
+        concurrent (the last durable batch held one record). That saves two turns of the
+        event loop on the way to the PUT, and keeps a finished cancel's task from waking up
+        again in the middle of its caller's next request.
 
         Raises `AuditUnavailable` when it can't be written. With `retain=True` the record is
         kept in memory instead and written once the log accepts writes again.
@@ -248,12 +252,9 @@ class AuditLog:
         self._queue.append((body, future))
         if durable:
             self._durable_pending += 1
-            if alone and len(self._queue) == 1 and self._flush_due is None:
-                self._flush()
-            else:
-                self._schedule_flush()
-        elif len(self._queue) == 1 and self._flush_due is None and not self._concurrent:
-            self._flush()
+        if len(self._queue) == 1 and self._flush_due is None and (
+                alone if durable else not self._concurrent):
+            self._flush()  # nothing to share a write (or an fsync) with: written now
         else:
             self._schedule_flush()
         try:

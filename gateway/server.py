@@ -217,12 +217,13 @@ class OneWriteResponses:
     Closing writes what is held first, so nothing the cycle wrote is ever lost.
     """
 
-    __slots__ = ("_cycle", "_held", "_transport")
+    __slots__ = ("_before_head", "_cycle", "_held", "_transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
         self._transport = transport
         self._cycle = cycle
         self._held: bytes | None = None
+        self._before_head = True  # the response head is not written yet
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -231,12 +232,12 @@ class OneWriteResponses:
             self._transport.write(held + data)
             return
         cycle = self._cycle
-        if (cycle.response_started and not cycle.response_complete
-                and cycle.chunked_encoding is False and cycle.expected_content_length > 0
-                and cycle.scope["method"] != "HEAD"):
-            self._held = data  # the head: its body comes next
-            self._cycle = _AfterHead
-            return
+        if self._before_head and cycle.response_started:  # (a 100 Continue comes before)
+            self._before_head = False
+            if (cycle.chunked_encoding is False and cycle.expected_content_length > 0
+                    and cycle.scope["method"] != "HEAD"):
+                self._held = data  # the head: its body comes next
+                return
         self._transport.write(data)
 
     def close(self) -> None:
@@ -247,12 +248,6 @@ class OneWriteResponses:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-class _AfterHead:
-    """What `OneWriteResponses` knows once it holds a head: no other write is one."""
-
-    response_started = False
 
 
 class CannotListen(Exception):
