@@ -1,6 +1,6 @@
 """Before and after, interleaved: the gateway of another git revision against this tree.
 
-    python -m bench.compare REV [--rounds 5] [--scope database:bench]
+    python -m bench.compare REV [--rounds 6] [--scope database:bench]
 
 One run of `scripts/bench` per side is at the mercy of a shared VM: its disk and CPU speed
 drift by 10% or more between minutes (compare the raw fsync line of two runs). This puts REV's
@@ -63,7 +63,8 @@ def gateway_of(tree: Path, folder: Path, upstream: str, scope: str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("rev", help="the git revision to compare this tree with")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6, help="even: each side goes first "
+                        "equally often")
     parser.add_argument("--scope", default="*")
     args = parser.parse_args(argv)
     ids = procs.invocation_ids(256)
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         direct = measure("direct", standin.port, procs.direct_requests(standin.port, ids), 1,
                          SETTINGS)
         for round_ in range(args.rounds):
-            for name, tree in sides if round_ % 2 == 0 else sides[::-1]:
-                folder = Path(tmp) / f"{round_}-{len(figures)}"
+            for side, (name, tree) in enumerate(sides if round_ % 2 == 0 else sides[::-1]):
+                folder = Path(tmp) / f"round-{round_}-{side}"  # a fresh audit log each run
                 with gateway_of(tree, folder, standin.base_url, args.scope) as gateway:
                     requests = procs.gateway_requests(gateway.port, ids)
                     for connections in (1, 32):
