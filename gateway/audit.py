@@ -209,11 +209,13 @@ class AuditLog:
 
     async def drain(self) -> None:
         """Write what is queued now, instead of at the end of this turn of the event loop."""
-        if self._flush_due is not None:
+        self._flush_at_once()
+
+    def _flush_at_once(self, retry: bool = False) -> None:
+        if self._flush_due is not None:  # it would find nothing left to do
             self._flush_due.cancel()
             self._flush_due = None
-        if self._queue or self._retained:
-            self._flush()
+        self._flush(retry)
 
     def _schedule_flush(self) -> None:
         # A plain callback, not a task: `_flush` never waits, and a task per batch (its
@@ -289,12 +291,9 @@ class AuditLog:
             self.open()
             if self._fd is None:
                 return False
-        if self._flush_due is not None:
-            self._flush_due.cancel()
-            self._flush_due = None
         # Retry what was retained even though the log is not ready: readiness must be able to
         # recover without a cancel (a pod that is not ready gets none).
-        self._flush(retry=True)
+        self._flush_at_once(retry=True)
         if not self.ready and self._fd is not None and not self._retained:
             # Nothing to prove writability with: an empty write checks the descriptor.
             try:

@@ -3,6 +3,7 @@ answers to requests the parser refuses (a real uvicorn server on loopback, in a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,10 +17,17 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from gateway import config, keys
-from gateway.app import Gateway
-from gateway.server import MAX_HEAD_BYTES, GatewayServer, bound_port, uvicorn_config
+from gateway.app import IN_PROGRESS, Gateway
+from gateway.server import (
+    MAX_HEAD_BYTES,
+    GatewayHttpProtocol,
+    GatewayServer,
+    bound_port,
+    uvicorn_config,
+)
 from gateway.standin import StandIn
 from tests.harness import RawResponse, raw_request
 
@@ -229,11 +237,6 @@ def respond_with(status: int, body: bytes, *, send_body: bool = True) -> Any:
 
 def writes_for(app: Any, request: bytes) -> tuple[list[bytes], bool]:
     """Run the gateway's HTTP protocol in process on `request`: the writes it made, closed."""
-    import asyncio
-
-    from uvicorn.server import ServerState
-
-    from gateway.server import GatewayHttpProtocol
 
     async def scenario() -> tuple[list[bytes], bool]:
         cfg = uvicorn.Config(app, log_config=None)
@@ -291,8 +294,6 @@ def test_a_held_head_is_written_before_the_connection_closes_when_no_body_follow
 
 
 def test_the_protocol_gives_each_request_the_live_set_of_requests_in_progress() -> None:
-    from gateway.app import IN_PROGRESS
-
     seen: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
