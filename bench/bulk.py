@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.standin import StandIn
+from gateway.demo.standin import StandIn
 from tests.harness import (
     BILLING_KEY,
     UPSTREAM_TOKEN,

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import jwt
 
-from gateway.config import IssuerConfig, TeamConfig
-from gateway.identity import (
+from gateway.access.identity import (
     LEEWAY_SECONDS,
     IssuerKeys,
     ServiceAccountAuthenticator,
     VerificationKey,
 )
-from gateway.watch import WatchedFile
+from gateway.config.load import IssuerConfig, TeamConfig
+from gateway.secrets.watch import WatchedFile
 from tests.jwt_keys import AUDIENCE, ISSUER, ec_key, jwks, rsa_key
 
 # What a kubelet puts beside iss/sub/aud/exp, so the token has a real one's size (~1 KB).

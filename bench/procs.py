@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway import keys
+from gateway.access import keys
 from tests.harness import (
     RunningGateway,
     free_port,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.standin import Respond, StandIn
+from gateway.demo.standin import Respond, StandIn
 from tests.harness import BILLING_KEY, UPSTREAM_TOKEN, free_port, start_gateway, write_config
 
 UNAVAILABLE = Respond(503, b"maintenance", (("content-type", "text/plain"),))

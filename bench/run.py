@@ -11,7 +11,7 @@ connection, N connections in parallel).
 
 Scenarios, each at 1 and 32 connections, after a warm-up: direct to the stand-in (the
 baseline), gateway with transport aiohttp and fsync=false, aiohttp and fsync=true (also for a
-scoped team, cache miss and cached), httpx and fsync=true, and native (`gateway.transport`)
+scoped team, cache miss and cached), httpx and fsync=true, and native (`gateway.upstream.transport`)
 and fsync=true. Each measured phase stops at a request count or a duration, whichever comes
 first (full: 3000 requests / 5 s; --quick: 300 / 1 s). Teams' rate limits are set far above
 reach; any answer other than 202 is reported, and makes the exit status 1 (the figures of

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 
-from gateway.standin import ReceivedRequest, Respond, StandIn, json_response
+from gateway.demo.standin import ReceivedRequest, Respond, StandIn, json_response
 
 ACCEPTED = json_response(202, {})
 PREFIX = "/api/v1/invocations/"

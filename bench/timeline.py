@@ -43,7 +43,10 @@ STEPS = ("recv", "app", "queued", "syncing", "durable", "put", "answer", "answer
 
 def hook(out_path: str) -> None:
     """In the gateway process: wrap the steps, write the notes at exit."""
-    from gateway import app, audit, server, transport
+    from gateway.audit import log as audit
+    from gateway.server import app
+    from gateway.server import protocol as server
+    from gateway.upstream import transport
 
     notes: list[tuple[str, float, int]] = []
     clock = time.perf_counter

@@ -8,7 +8,7 @@
     ConfigError                      the configuration file is unusable (exit 2 at start)
 
 Messages are for a person and are safe to show: they never hold a secret, a stack trace or a
-host path. Upstream and transport exceptions are mapped into this tree in `gateway.upstream`,
+host path. Upstream and transport exceptions are mapped into this tree in `gateway.upstream.client`,
 at one boundary, with `raise ... from exc`.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.standin import StandIn
+from gateway.demo.standin import StandIn
 from tests.harness import (
     UPSTREAM_TOKEN,
     RunningGateway,

@@ -1,7 +1,7 @@
 """Real parts for end-to-end tests: the gateway as a subprocess, configs, raw sockets.
 
 The gateway under test is the real thing: `python -m gateway serve` on a free loopback port,
-configured by a TOML file written here, talking to a `gateway.standin.StandIn` on loopback.
+configured by a TOML file written here, talking to a `gateway.demo.standin.StandIn` on loopback.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from gateway import keys
-from gateway.standin import StandIn
+from gateway.access import keys
+from gateway.demo.standin import StandIn
 
 UPSTREAM_TOKEN = "chroma-test-token-7f3a9c1e5b2d4f6a8c0e"
 BILLING_KEY = keys.new_key()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.audit import AuditUnavailable
+from gateway.audit.log import AuditUnavailable
 from gateway.errors import (
     GatewayError,
     RequestRejected,

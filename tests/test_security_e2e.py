@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import keys
-from gateway.standin import Respond, StandIn, json_response
+from gateway.access import keys
+from gateway.demo.standin import Respond, StandIn, json_response
 from tests.harness import (
     BILLING_KEY,
     BILLING_KEY_2,

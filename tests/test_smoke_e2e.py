@@ -1,4 +1,4 @@
-from gateway.standin import StandIn
+from gateway.demo.standin import StandIn
 from tests.harness import RunningGateway, raw_request
 
 

@@ -1,0 +1,210 @@
+"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo.
+
+Exit status: 0 success, 2 usage or configuration error, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.access import keys
+from gateway.config import load as config
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chroma-sync-gateway",
+        description="An authenticating, auditing gateway for Chroma Sync cancellations.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", help="config file (default: $CHROMA_SYNC_GATEWAY_CONFIG, "
+                       "else ./config.toml)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+
+    check = commands.add_parser("check-config", help="validate a config file and summarize it")
+    check.add_argument("--config")
+    check.add_argument("--strict", action="store_true",
+                       help="also fail on what would make the gateway fail closed at start "
+                       "(token, HMAC key, audit folder, CA file); warn about unrestricted teams")
+
+    key_parser = commands.add_parser("keys", help="make and hash team keys")
+    key_commands = key_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = key_commands.add_parser("new", help="print a new team key and its stored form")
+    new.add_argument("--team", required=True)
+    key_commands.add_parser("hash", help="read a key on stdin, print its stored form")
+
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="verify a log, or a rotated set given oldest first")
+    verify.add_argument("paths", nargs="+", metavar="PATH")
+    verify.add_argument("--hmac-key-file", action="append", default=[],
+                        help="the auditors' HMAC key (repeat for a rotated key)")
+    verify.add_argument("--checkpoint", action="append", default=[], metavar="SEQ:HASH",
+                        help="a checkpoint kept elsewhere that the log must contain")
+    verify.add_argument("--allow-partial", action="store_true",
+                        help="accept a chain that starts after seq 1 (older files not given)")
+
+    bulk = commands.add_parser(
+        "bulk-cancel", help="cancel every pending invocation of a source or a database",
+        description="Call a running gateway's bulk cancel with the team key from "
+        "$CHROMA_SYNC_GATEWAY_KEY.")
+    bulk.add_argument("--url", required=True, help="the gateway, e.g. http://127.0.0.1:8080")
+    selector = bulk.add_mutually_exclusive_group(required=True)
+    selector.add_argument("--source", metavar="UUID", help="a source's id")
+    selector.add_argument("--database", metavar="NAME", help="a database's name")
+    bulk.add_argument("--dry-run", action="store_true", help="list what would be cancelled")
+    bulk.add_argument("--limit", type=int, metavar="N",
+                      help="at most this many invocations (1 to 10000; default 1000)")
+
+    demo = commands.add_parser("demo", help="run against an embedded Chroma Sync stand-in")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="port to try first (default 8080; a free one if it is taken)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "audit":
+        from gateway.audit import verify as audit_verify
+
+        return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
+                                args.allow_partial, sys.stdout, sys.stderr)
+    if args.command == "check-config":
+        return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
+    if args.command == "bulk-cancel":
+        from gateway.cli import bulk as bulk_cli
+
+        return bulk_cli.run(url=args.url, source=args.source, database=args.database,
+                            dry_run=args.dry_run, limit=args.limit, env=os.environ,
+                            out=sys.stdout, err=sys.stderr)
+    if args.command == "demo":
+        from gateway.demo import run as demo
+
+        return demo.run(port=args.port)
+    return _serve(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "new":
+        if not config.TEAM_NAME_RE.fullmatch(args.team):
+            print("keys new: --team must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric "
+                  "(as [[teams]] name), got " + ascii(args.team[:80]), file=sys.stderr)
+            return EXIT_USAGE
+        key = keys.new_key()
+        print(f"team:   {args.team}")
+        print(f"key:    {key}")
+        print(f"stored: {keys.stored_form(key)}")
+        print("Give the key to the team once; put only the stored form in the config "
+              "([[teams]] keys).", file=sys.stderr)
+        return EXIT_OK
+    data = sys.stdin.buffer.read()
+    try:
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        print("keys hash: the key on stdin is not UTF-8 text", file=sys.stderr)
+        return EXIT_USAGE
+    if not key or any(c.isspace() for c in key):
+        print("keys hash: expected one key on stdin", file=sys.stderr)
+        return EXIT_USAGE
+    if not keys.is_team_key(key):
+        # Not echoed: it may be some other secret pasted by mistake.
+        print(f"keys hash: not a team key ({keys.KEY_PREFIX} and 43 URL-safe characters, "
+              "as `keys new` prints)", file=sys.stderr)
+        return EXIT_USAGE
+    print(keys.stored_form(key))
+    return EXIT_OK
+
+
+def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
+    from gateway.secrets.sources import fingerprint, upstream_token_source
+
+    up = cfg.upstream
+    print(f"config: {cfg.source}: ok")
+    print(f"server: {cfg.server.host}:{cfg.server.port}")
+    print(f"upstream: {up.base_url} (connect_timeout {up.connect_timeout:g} s, "
+          f"timeout {up.timeout:g} s{', ca_file set' if up.ca_file else ''})")
+    token = upstream_token_source(up.token_file, up.token_env)
+    token.refresh()
+    source = f"file {up.token_file}" if up.token_file else f"env {up.token_env}"
+    state = (f"loaded, fingerprint {fingerprint(token.value)}" if token.value
+             else f"NOT USABLE: {token.problem}")
+    print(f"upstream token: {source}: {state}")
+    a = cfg.audit
+    print(f"audit: {a.path} (fsync {'on' if a.fsync else 'off'}, "
+          f"hmac {'on' if a.hmac_key_file else 'off'}, stdout {'on' if a.stdout else 'off'}, "
+          f"rotation {f'at {a.max_bytes} bytes' if a.max_bytes else 'off'}, "
+          f"record_context {'on' if a.record_context else 'off'})")
+    print(f"teams: {len(cfg.teams)}")
+    for team in cfg.teams:
+        print(f"  {team.name}: {len(team.keys)} key(s) "
+              f"[{', '.join(keys.key_id(k) for k in team.keys)}], "
+              f"{'enabled' if team.enabled else 'DISABLED'}, "
+              f"{team.rate_limit:g}/s burst {team.burst}, "
+              f"scope {', '.join(team.scope.entries())}")
+        if team.service_accounts:
+            print(f"    service accounts: {', '.join(team.service_accounts)}")
+    if cfg.issuers:
+        from gateway.access.identity import jwks_state
+
+        print(f"issuers: {len(cfg.issuers)}")
+        for issuer in cfg.issuers:
+            print(f"  {issuer.name}: iss {issuer.issuer}, audience {issuer.audience}, "
+                  f"jwks {issuer.jwks_file}: {jwks_state(issuer.jwks_file)}")
+    if not strict:
+        return EXIT_OK
+    from gateway.config.preflight import strict_findings
+
+    findings = strict_findings(cfg)
+    for warning in findings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in findings.problems:
+        print(problem, file=sys.stderr)
+    if findings.problems:
+        return EXIT_USAGE
+    print("strict: ok")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.audit.log import AuditLocked
+    from gateway.server import protocol as server
+    from gateway.server.protocol import CannotListen
+    from gateway.telemetry import logs
+
+    cfg = config.load(config.config_path(args.config))
+    if args.port is not None and not 0 <= args.port <= 65535:
+        print(f"--port must be from 0 to 65535, got {args.port}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure()
+    try:
+        return server.serve(cfg, host=args.host, port=args.port)
+    except AuditLocked as exc:
+        print(f"{cfg.source}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except CannotListen as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
