@@ -29,6 +29,7 @@ HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """The root of the tree with no leaves."""
 
+_ABSENT = bytes(HASH_SIZE)
 _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 _MAX_STATE_HASHES = 64
@@ -318,7 +319,11 @@ def verify_consistency(
 
 
 class LeafHashes(Sequence[bytes]):
-    """Leaf hashes packed in one buffer (32 bytes each): a million take 32 MB, not 100."""
+    """Leaf hashes packed in one buffer (32 bytes each): a million take 32 MB, not 100.
+
+    `put` places a leaf at any index (records may arrive in any order); an index not put yet
+    reads as 32 zero bytes, which no SHA-256 output is in practice (`has` tells them apart).
+    """
 
     __slots__ = ("_buf",)
 
@@ -327,6 +332,23 @@ class LeafHashes(Sequence[bytes]):
 
     def append(self, leaf: bytes) -> None:
         self._buf += leaf
+
+    def put(self, index: int, leaf: bytes) -> bytes | None:
+        """Place `leaf` at `index`; return the leaf already there (None if none)."""
+        offset = index * HASH_SIZE
+        if offset >= len(self._buf):
+            self._buf.extend(bytes(offset + HASH_SIZE - len(self._buf)))
+            before = None
+        else:
+            before = bytes(self._buf[offset : offset + HASH_SIZE])
+            if before == _ABSENT:
+                before = None
+        if before is None:
+            self._buf[offset : offset + HASH_SIZE] = leaf
+        return before
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < len(self) and self[index] != _ABSENT
 
     def __len__(self) -> int:
         return len(self._buf) // HASH_SIZE
@@ -346,3 +368,14 @@ class LeafHashes(Sequence[bytes]):
             out = [bytes(view[i : i + HASH_SIZE]) for i in range(0, len(view), HASH_SIZE)]
             view.release()
         return out
+
+    def first_missing(self, size: int) -> int | None:
+        """The first index below `size` with no leaf, or None when all are there."""
+        known = min(size, len(self))
+        end = known * HASH_SIZE
+        pos = self._buf.find(_ABSENT, 0, end)
+        while pos != -1 and pos % HASH_SIZE:  # only a whole, aligned slot is a missing leaf
+            pos = self._buf.find(_ABSENT, pos + 1, end)
+        if pos != -1:
+            return pos // HASH_SIZE
+        return None if known == size else known

@@ -1,4 +1,4 @@
-"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo.
+"""The command line: serve, check-config, keys, audit (gateway.cli.audit), bulk-cancel, demo.
 
 Exit status: 0 success, 2 usage or configuration error, 1 anything else.
 """
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.access import keys
+from gateway.cli import audit as audit_cli
 from gateway.config import load as config
 from gateway.errors import ConfigError
 
@@ -44,17 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--team", required=True)
     key_commands.add_parser("hash", help="read a key on stdin, print its stored form")
 
-    audit = commands.add_parser("audit", help="audit log tools")
-    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = audit_commands.add_parser(
-        "verify", help="verify a log, or a rotated set given oldest first")
-    verify.add_argument("paths", nargs="+", metavar="PATH")
-    verify.add_argument("--hmac-key-file", action="append", default=[],
-                        help="the auditors' HMAC key (repeat for a rotated key)")
-    verify.add_argument("--checkpoint", action="append", default=[], metavar="SEQ:HASH",
-                        help="a checkpoint kept elsewhere that the log must contain")
-    verify.add_argument("--allow-partial", action="store_true",
-                        help="accept a chain that starts after seq 1 (older files not given)")
+    audit_cli.add_parser(commands)
 
     bulk = commands.add_parser(
         "bulk-cancel", help="cancel every pending invocation of a source or a database",
@@ -89,10 +80,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "audit":
-        from gateway.audit import verify as audit_verify
-
-        return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
-                                args.allow_partial, sys.stdout, sys.stderr)
+        return audit_cli.run(args, sys.stdout, sys.stderr)
     if args.command == "check-config":
         return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
     if args.command == "bulk-cancel":
