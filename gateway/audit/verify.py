@@ -15,7 +15,11 @@ most specific reason it can give. For each line, in this order:
    `allow_partial`;
 6. an `audit.checkpoint` record's `head_seq` and `head_hash` name the record before it;
 7. the checkpoints given (`SEQ:HASH` noted elsewhere earlier): the record with that seq has
-   that hash, and the log does not end before it.
+   that hash, and the log does not end before it;
+8. the chain's Merkle tree and signed notes (`gateway.audit.tree_check`): each checkpoint's
+   `tree_size` and `root` recomputed, each `note` verified with the `--public-key`s given, and
+   the signed checkpoints given (`--checkpoint NOTE_FILE`) held by the chain, which must not
+   end before them.
 
 Hashing and MACs come from `gateway.audit.chain`, the same code the writer seals records with.
 """
