@@ -310,3 +310,58 @@ def test_a_proof_in_a_chain_of_a_million_records(
                           signer.verifier.encoded)
     assert code == 0 and "tree of size 1000000" in out
     assert docs_check(proof, signer.verifier.encoded)[0] == 0
+
+
+# --- the standalone checker on its own ----------------------------------------------------------
+
+
+def _docs_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_proof_doc", DOCS_CHECKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_standalone_checker_imports_only_the_standard_library_and_cryptography() -> None:
+    import ast
+
+    tree = ast.parse(DOCS_CHECKER.read_text())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    roots |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom)}
+    assert roots - set(sys.stdlib_module_names) == {"cryptography"}
+
+
+def test_the_standalone_checker_agrees_with_the_published_vectors() -> None:
+    doc = _docs_module()
+    data = Path(__file__).resolve().parents[1] / "audit" / "data"
+    notes = json.loads((data / "signed_note_vectors.json").read_text(encoding="utf-8"))
+    go = notes["go_note"]
+    key = doc.verifier_key(go["vkey"])
+    text, signers = doc.open_note(go["text"] + "\n" + go["peter_sig"] + go["enoch_sig"], [key])
+    assert text == go["text"] and signers == ["PeterNeumann"]
+    sumdb = notes["sumdb"]
+    for case in sumdb["checkpoints"]:
+        text, _ = doc.open_note(case["note"], [doc.verifier_key(sumdb["vkey"])])
+        assert doc.checkpoint(text)[1] == case["size"]
+    with pytest.raises(doc.Bad):
+        doc.open_note(go["text"] + "\n" + go["peter_sig"][:60] + "ABCD" + go["peter_sig"][60:],
+                      [key])
+    vectors = json.loads((data / "merkle_vectors.json").read_text())
+    leaves = [merkle.leaf_hash(bytes.fromhex(x)) for x in vectors["leaves"]]
+    roots = [bytes.fromhex(r) for r in vectors["roots"]]
+    for case in vectors["inclusion"]:
+        path = [bytes.fromhex(p) for p in case["proof"]]
+        i, n = case["leaf"] - 1, case["size"]
+        assert doc.root_from_inclusion(i, n, leaves[i], path) == roots[n - 1]
+    for case in vectors["consistency"]:
+        path = [bytes.fromhex(p) for p in case["proof"]]
+        m, n = case["size1"], case["size2"]
+        doc.check_consistency(m, n, roots[m - 1], roots[n - 1], path)
+        if path:
+            with pytest.raises(doc.Bad):
+                doc.check_consistency(m, n, roots[n - 1], roots[m - 1], path)
