@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 
 from gateway.audit import note
-from gateway.secrets.sources import InvalidSecret, read_secret_file, validate_secret
+from gateway.secrets.sources import (
+    MAX_SECRET_BYTES,
+    FileSecret,
+    InvalidSecret,
+    validate_secret,
+)
 
 WHAT = "audit signing key"
 _KEY_SHAPE = "a signed-note private key (PRIVATE+KEY+NAME+ID+BASE64, as `audit keygen` writes)"
@@ -31,7 +36,39 @@ def signer_from_bytes(raw: bytes) -> note.Signer:
 
 
 def load_signer(path: str) -> note.Signer:
-    return signer_from_text(read_secret_file(path, what=WHAT))
+    """The key in `path` (by the rules the gateway reads it with); InvalidSecret otherwise."""
+    source = SigningKeySource(path)
+    source.refresh()
+    if source.signer is None:
+        raise InvalidSecret(source.problem or f"{WHAT} can't be read")
+    return source.signer
+
+
+class SigningKeySource(FileSecret):
+    """`audit.signing_key_file`, watched like the HMAC key: `signer` is None while it is
+    missing, unreadable or malformed (the writer then fails closed)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, what=WHAT)
+        self.signer: note.Signer | None = None
+
+    def update(self) -> bool:
+        before = (self.value, self.problem)
+        content, problem = self.file.content, self.file.problem
+        try:
+            if content is None:
+                raise InvalidSecret(problem or f"{WHAT} file can't be read")
+            if len(content) > MAX_SECRET_BYTES:
+                raise InvalidSecret(f"{WHAT} is longer than {MAX_SECRET_BYTES} bytes")
+            try:
+                text = content.decode("utf-8").strip()  # a key name may be any UTF-8
+            except UnicodeDecodeError:
+                raise InvalidSecret(f"{WHAT} is not {_KEY_SHAPE}") from None
+            self.signer = signer_from_text(text)
+            self.value, self.problem = text, None
+        except InvalidSecret as exc:
+            self.signer, self.value, self.problem = None, None, str(exc)
+        return (self.value, self.problem) != before
 
 
 def write_new_key(path: str, name: str) -> note.Signer:
