@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.audit import checkpoint, merkle, note
+from gateway.audit import checkpoint, merkle
+
+if TYPE_CHECKING:  # cryptography is loaded only when there is a key to sign with
+    from gateway.audit import note
 
 DEFAULT_ORIGIN_PREFIX = "chroma-sync-gateway/"
 CHAIN_ID = re.compile(r"[0-9a-f]{32}")
@@ -44,6 +47,8 @@ class ChainTree:
 
     def signed_note(self, signer: note.Signer) -> str:
         """The signed checkpoint of the tree as it is now."""
+        from gateway.audit import note
+
         text = checkpoint.encode(self.origin, self.tree.size, self.tree.root())
         return note.sign(text, [signer])
 

@@ -20,15 +20,17 @@ import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from gateway.audit import tree_state
 from gateway.audit.chain_tree import ChainTree, default_origin, new_chain_id
-from gateway.audit.note import Signer
-from gateway.audit.signing import SigningKeySource
 from gateway.secrets.sources import SecretSource
+
+if TYPE_CHECKING:  # cryptography is loaded only when a signing key is configured
+    from gateway.audit.note import Signer
+    from gateway.audit.signing import SigningKeySource
 
 log = structlog.get_logger("gateway.audit")
 

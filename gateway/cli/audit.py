@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from gateway.audit import note
-from gateway.audit.signing import verifier_from_arg, write_new_key
+if TYPE_CHECKING:  # cryptography is loaded by the verbs that sign or verify, not at start-up
+    from gateway.audit import note
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _keygen(name: str, path: str, out: TextIO, err: TextIO) -> int:
+    from gateway.audit.signing import write_new_key
+
     try:
         signer = write_new_key(path, name)
     except ValueError as exc:
@@ -118,6 +120,7 @@ def _prove(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _check_proof(path: str, public_keys: list[str], out: TextIO, err: TextIO) -> int:
     from gateway.audit import proof_check
+    from gateway.audit.signing import verifier_from_arg
 
     verifiers: list[note.Verifier] = []
     for text in public_keys:
