@@ -58,8 +58,9 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
     from gateway.access import keys
     from gateway.access.auth import TeamKeyAuthenticator
     from gateway.audit import chain as audit_chain
+    from gateway.cancel.cancellation import Cancellation, cancel_record
     from gateway.config.load import TeamConfig
-    from gateway.server.app import Cancellation, Gateway, framing_problem, pick_request_id
+    from gateway.server.router import framing_problem, pick_request_id
     from gateway.telemetry import logs
     from gateway.telemetry.metrics import Metrics
     from gateway.upstream import mapping
@@ -77,8 +78,7 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
                           upstream_status=202, forwarded=True, tries=1, attempts=1)
 
     def record(event: str = "cancel.result") -> dict[str, Any]:
-        return Gateway._record(  # type: ignore[arg-type]  # uses no instance state
-            None, event, cancel, outcome="cancelled", status=202, error=None)
+        return cancel_record(event, cancel, outcome="cancelled", status=202, error=None)
 
     body = record()
     results: list[tuple[str, float, str]] = []

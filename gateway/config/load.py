@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from gateway.access.scopes import KINDS, UNRESTRICTED, Scope, ScopeProblem
+from gateway.config.scope import KINDS, UNRESTRICTED, Scope, ScopeProblem
 from gateway.errors import ConfigError
 
 ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"

@@ -31,7 +31,8 @@ from gateway.access import keys
 from gateway.access.limits import TeamLimits
 from gateway.config import load as config
 from gateway.demo.standin import Respond, StandIn
-from gateway.server.app import Gateway, framing_problem, pick_request_id
+from gateway.server.app import Gateway
+from gateway.server.router import framing_problem, pick_request_id
 
 with warnings.catch_warnings():  # Starlette's notice that its TestClient will move off httpx
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

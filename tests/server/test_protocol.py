@@ -20,9 +20,10 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from gateway.access import keys
+from gateway.asgi import IN_PROGRESS
 from gateway.config import load as config
 from gateway.demo.standin import StandIn
-from gateway.server.app import IN_PROGRESS, Gateway
+from gateway.server.app import Gateway
 from gateway.server.protocol import (
     MAX_HEAD_BYTES,
     GatewayHttpProtocol,
