@@ -35,8 +35,14 @@ from gateway.audit.log import AuditLog, AuditUnavailable
 from gateway.audit.suppression import DeniedSuppression
 from gateway.cancel.cancellation import Cancellation, cancel_record
 from gateway.config.load import Config
-from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, method_not_allowed
-from gateway.jobs import JobContext
+from gateway.errors import (
+    GatewayError,
+    RequestRejected,
+    ServiceUnavailable,
+    UpstreamRefused,
+    method_not_allowed,
+)
+from gateway.jobs import Job, JobContext
 from gateway.secrets.sources import SecretSource
 from gateway.telemetry.metrics import Metrics
 from gateway.upstream import mapping, retry
@@ -81,6 +87,7 @@ class CancelPipeline:
     ) -> None:
         """`PUT /api/v1/invocations/{invocation_id}`, from its checks to its result record."""
         if scope["method"] != "PUT":
+            exchange.error = "method_not_allowed"
             await send_error(send, method_not_allowed("PUT"))
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -154,6 +161,7 @@ class CancelPipeline:
                 await send_error(send, failure, close=failure.status == 413)
             except Exception:
                 log.exception("cancel.answer_failed", request_id=cancel.request_id)
+        exchange.error = error
         await self.finish(cancel, status=status, outcome=outcome, error=error)
 
     def check_rate(self, policy: Policy, team: str) -> None:
@@ -185,9 +193,8 @@ class CancelPipeline:
                 alone=cancel.alone),
             put=lambda timeout: self._put(cancel.invocation_id, token, cancel.request_id,
                                           timeout),
-            look_up=lambda timeout: self.lookup.job(cancel.invocation_id, token=token,
-                                                    request_id=cancel.request_id,
-                                                    timeout=timeout),
+            look_up=lambda timeout: self._settle(cancel.invocation_id, token,
+                                                 cancel.request_id, timeout),
             blocked=lambda: self.breaker.blocking,
         )
         return await sender.send()
@@ -218,11 +225,30 @@ class CancelPipeline:
                                                      request_id=request_id)
         except GatewayError as exc:
             self.metrics.job_lookups.labels("failed").inc()
+            self.count_failure("get_job", exc)
             log.warning("upstream.lookup_failed", request_id=request_id, error=exc.code,
                         upstream_status=exc.upstream_status)
             raise
         self.metrics.job_lookups.labels("hit" if hit else "miss").inc()
         return context
+
+    def count_failure(self, call: str, exc: GatewayError) -> None:
+        """An exchange of `call` (cancel, get_job, list_jobs) with no usable answer: counted,
+        so that one alert covers a refused token whichever call met it first. A refusal that
+        upstream meant for the caller (a 404 lookup) is an answer, not a failure."""
+        if not isinstance(exc, UpstreamRefused):
+            self.metrics.upstream_failures.labels(exc.code, call).inc()
+
+    async def _settle(
+        self, invocation_id: str, token: str, request_id: str, timeout: float | None
+    ) -> Job:
+        """The lookup that settles an ambiguous try (`retry`), its failures counted."""
+        try:
+            return await self.lookup.job(invocation_id, token=token, request_id=request_id,
+                                         timeout=timeout)
+        except GatewayError as exc:
+            self.count_failure("get_job", exc)
+            raise
 
     async def _put(
         self, invocation_id: str, token: str, request_id: str, timeout: float | None = None
@@ -231,7 +257,7 @@ class CancelPipeline:
             answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id,
                                                 timeout=timeout)
         except GatewayError as exc:
-            self.metrics.upstream_failures.labels(exc.code).inc()
+            self.count_failure("cancel", exc)
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
                         message=exc.message)
             raise
@@ -241,7 +267,7 @@ class CancelPipeline:
             return mapping.interpret(answer, secrets=(token,))
         except GatewayError as exc:
             exc.upstream_status = answer.status
-            self.metrics.upstream_failures.labels(exc.code).inc()
+            self.count_failure("cancel", exc)
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
                         upstream_status=answer.status)
             raise

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.asgi import Exchange, Message, Receive, Scope, Send, send_error
+from gateway.asgi import ERROR, Exchange, Message, Receive, Scope, Send, send_error
 from gateway.cancel import bulk
 from gateway.cancel.pipeline import CANCEL_PREFIX, CANCEL_ROUTE, CancelPipeline
 from gateway.errors import RequestRejected, ServiceUnavailable, method_not_allowed, render
@@ -114,7 +114,7 @@ class Router:
             else:
                 problem = host_problem(scope["http_version"], headers)
             if problem is not None:
-                exchange.route = "framing"
+                exchange.route, exchange.error = "framing", "bad_request"
                 await send_error(send_with_id, RequestRejected(problem, status=400,
                                                                code="bad_request"), close=True)
             elif rest is not None and b"/" not in rest:
@@ -133,6 +133,7 @@ class Router:
                 "access", request_id=exchange.request_id, method=scope["method"],
                 route=exchange.route, status=exchange.status,
                 duration_ms=round(seconds * 1000, 3), team=exchange.team,
+                error=exchange.error or scope.get(ERROR),
             )
 
     # -- plain routes -----------------------------------------------------------------------
@@ -150,6 +151,7 @@ class Router:
                 "not ready: the audit log can't be written", code="audit_unavailable")
         self._update_gauges()
         if problem is not None:
+            request.scope[ERROR] = problem.code
             status, _, body = render(problem)
             return Response(body, status, media_type="application/json")
         return JSONResponse({"status": "ready"})
@@ -164,6 +166,7 @@ class Router:
             error = method_not_allowed((exc.headers or {}).get("Allow", "GET"))
         else:
             error = RequestRejected("no such route", status=404, code="not_found")
+        request.scope[ERROR] = error.code
         status, headers, body = render(error)
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 

@@ -29,7 +29,7 @@ def touch_everything(metrics: Metrics) -> None:
     metrics.request_seconds.labels("/api/v1/invocations/{invocation_id}").observe(0.002)
     metrics.upstream_seconds.observe(0.001)
     metrics.upstream_responses.labels("202").inc()
-    metrics.upstream_failures.labels("upstream_timeout").inc()
+    metrics.upstream_failures.labels("upstream_timeout", "cancel").inc()
     metrics.audit_failures.inc()
     metrics.audit_records.set(2)
     metrics.audit_ready.set(1)
