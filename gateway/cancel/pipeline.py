@@ -45,6 +45,7 @@ from gateway.errors import (
 from gateway.jobs import Job, JobContext
 from gateway.secrets.sources import SecretSource
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.traces import TRACES_OFF, Traces
 from gateway.upstream import mapping, retry
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
@@ -67,7 +68,7 @@ class CancelPipeline:
     def __init__(
         self, config: Config, *, policy: Policy, token: SecretSource, audit: AuditLog,
         upstream: UpstreamClient, lookup: JobLookup, breaker: CircuitBreaker,
-        denied: DeniedSuppression, metrics: Metrics,
+        denied: DeniedSuppression, metrics: Metrics, traces: Traces = TRACES_OFF,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -78,6 +79,7 @@ class CancelPipeline:
         self.breaker = breaker
         self.denied = denied
         self.metrics = metrics
+        self.traces = traces
         self.retry_policy = retry.RetryPolicy(config.upstream.retries, config.upstream.deadline)
         self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
 
@@ -128,8 +130,8 @@ class CancelPipeline:
             probe = self.breaker.admit()
             scopes = policy.scopes
             if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
-                cancel.context = await self.job_context(cancel.invocation_id, token,
-                                                        cancel.request_id)
+                cancel.context = await self.traces.traced("get_job", self.job_context)(
+                    cancel.invocation_id, token, cancel.request_id)
                 if scopes.needs_lookup(principal.team):
                     scopes.authorize_job(principal.team, cancel.context)
             reply = await self.forward(cancel, token)
@@ -185,16 +187,18 @@ class CancelPipeline:
     async def forward(self, cancel: Cancellation, token: str) -> mapping.Reply:
         """What every cancel goes through: for each try, its durable attempt record, then the
         PUT, mapped; retried when safe and settled by a lookup when ambiguous (`retry`)."""
-        # Lambdas returning the coroutines: no extra coroutine frames on the hot path.
+        # Lambdas returning the coroutines: no extra coroutine frames on the hot path (nor
+        # spans: `traced` gives them back as they are while tracing is off).
+        traced = self.traces.traced
         sender = retry.Sender(
             cancel, self.retry_policy, started=cancel.started,
-            record_attempt=lambda: self.audit.write(cancel_record(
+            record_attempt=traced("audit.commit", lambda: self.audit.write(cancel_record(
                 "cancel.attempt", cancel, outcome="pending", status=None, error=None),
-                alone=cancel.alone),
-            put=lambda timeout: self._put(cancel.invocation_id, token, cancel.request_id,
-                                          timeout),
-            look_up=lambda timeout: self._settle(cancel.invocation_id, token,
-                                                 cancel.request_id, timeout),
+                alone=cancel.alone)),
+            put=traced("cancel", lambda timeout: self._put(
+                cancel.invocation_id, token, cancel.request_id, timeout)),
+            look_up=traced("get_job", lambda timeout: self._settle(
+                cancel.invocation_id, token, cancel.request_id, timeout)),
             blocked=lambda: self.breaker.blocking,
         )
         return await sender.send()
