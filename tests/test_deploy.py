@@ -46,7 +46,7 @@ AUDIT_PVC = "chroma-sync-gateway-audit"
 AUDIT_DIR = "/var/lib/chroma-sync-gateway"
 GATEWAY_UID = 10001
 
-# The keys SPEC.md names: its Configuration section, plus the audit keys of Tamper evidence.
+# The keys the configuration reference names as the basics, plus the audit keys of tamper evidence.
 SPEC_CONFIG_KEYS: dict[str, set[str]] = {
     "server": {"host", "port"},
     "upstream": {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"},
@@ -207,7 +207,7 @@ def test_schema_validation_is_strict_about_misspelt_fields() -> None:
 
 
 def test_no_secret_manifest_with_a_value_is_shipped() -> None:
-    # Secrets are created with kubectl (deploy/README.md): a placeholder Secret applied with
+    # Secrets are created with kubectl (docs/deployment.md): a placeholder Secret applied with
     # the rest of the directory would overwrite a real, rotated one.
     assert [d for _, d in MANIFESTS if d.get("kind") == "Secret"] == []
 
@@ -522,7 +522,7 @@ def test_the_pods_service_account_is_shipped_without_an_api_token() -> None:
 
 
 def test_no_jwks_configmap_is_shipped() -> None:
-    # It is the cluster's own (deploy/README.md): a shipped one would overwrite the real keys.
+    # It is the cluster's own (docs/deployment.md): a shipped one would overwrite the real keys.
     assert [d for _, d in MANIFESTS if d.get("kind") == "ConfigMap"
             and d["metadata"]["name"] == JWKS_CONFIG_MAP] == []
 
@@ -759,7 +759,7 @@ def test_every_container_is_hardened(name: str) -> None:
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
 
 
-def test_deploy_readme_shows_how_checkpoints_leave_the_pod() -> None:
-    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+def test_deployment_docs_show_how_checkpoints_leave_the_pod() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
     assert "audit.checkpoint" in text and "[FILTER]" in text and "Fluent Bit" in text
     assert "kubectl create secret generic chroma-sync-gateway-audit-hmac" in text
