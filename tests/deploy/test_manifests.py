@@ -25,6 +25,7 @@ import pytest
 
 from tests.deploy.tools import (
     DEPLOY,
+    ROOT,
     RENDERS,
     CustomResourceInvalid,
     crd_validators,
