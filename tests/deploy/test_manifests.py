@@ -25,8 +25,8 @@ import pytest
 
 from tests.deploy.tools import (
     DEPLOY,
-    ROOT,
     RENDERS,
+    ROOT,
     CustomResourceInvalid,
     crd_validators,
     render,
