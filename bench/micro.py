@@ -140,7 +140,7 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
 
 async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float, float]]:
     """(name, median, mean, CPU us) of one awaited AuditLog.write, as the gateway does it."""
-    from gateway.audit.log import AuditLog
+    from gateway.audit.writer import AuditLog
     from gateway.config.load import AuditConfig
 
     body = {"ts": "2026-01-01T00:00:00.000Z", "event": "cancel.attempt", "request_id": "r" * 36,

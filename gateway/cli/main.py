@@ -190,7 +190,7 @@ def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.audit.log import AuditLocked
+    from gateway.audit.files import AuditLocked
     from gateway.server import protocol as server
     from gateway.server.protocol import CannotListen
     from gateway.telemetry import logs
