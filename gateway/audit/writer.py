@@ -41,7 +41,7 @@ from gateway.audit.mac import MacKey
 from gateway.audit.mirror import mirror_for
 from gateway.audit.recovery import BrokenTail, continue_chain
 from gateway.audit.retention import Retention
-from gateway.config.load import AuditConfig
+from gateway.config.model import AuditConfig
 from gateway.errors import ServiceUnavailable
 from gateway.secrets.sources import SecretSource
 

@@ -20,7 +20,7 @@ from gateway.asgi import Receive, Scope, Send
 from gateway.audit.suppression import DeniedSuppression
 from gateway.audit.writer import AuditLog
 from gateway.cancel.pipeline import CancelPipeline
-from gateway.config.load import Config
+from gateway.config.model import Config
 from gateway.secrets.sources import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,

@@ -25,7 +25,7 @@ from gateway.audit import files as audit_files
 from gateway.audit import verify as audit_verify
 from gateway.audit.timestamps import utc_timestamp
 from gateway.audit.writer import AuditLog, AuditUnavailable
-from gateway.config.load import AuditConfig
+from gateway.config.model import AuditConfig
 from gateway.secrets.sources import FileSecret
 
 HMAC_KEY = "k" * 16 + "0123456789abcdef0123"  # >= 32 characters
