@@ -59,6 +59,30 @@ class AuditUnavailable(ServiceUnavailable):
         super().__init__("the audit log can't be written; nothing was forwarded")
 
 
+class FlushTurn:
+    """When the flush runs: once, at the end of this turn of the event loop, or at once."""
+
+    def __init__(self, flush: Callable[[bool], None]) -> None:
+        self._flush = flush
+        self.due: asyncio.Handle | None = None  # the flush scheduled for this turn
+
+    def schedule(self) -> None:
+        # A plain callback, not a task: `_flush` never waits, and a task per batch (its
+        # coroutine, its step, its wake-up of the writer) cost more than the flush's own logic.
+        if self.due is None:
+            self.due = asyncio.get_running_loop().call_soon(self._run)
+
+    def at_once(self, retry: bool = False) -> None:
+        if self.due is not None:  # it would find nothing left to do
+            self.due.cancel()
+            self.due = None
+        self._flush(retry)
+
+    def _run(self) -> None:
+        self.due = None
+        self._flush(False)
+
+
 class AuditLog:
     def __init__(
         self,
@@ -81,7 +105,7 @@ class AuditLog:
         self._head = ChainHead(config.checkpoint_every)
         self._queue: list[Waiter] = []
         self._retained: list[dict[str, Any]] = []
-        self._flush_due: asyncio.Handle | None = None  # the flush scheduled for this turn
+        self._turn = FlushTurn(self._flush)
         self._durable_pending = 0  # records queued that must be durable when written
         # Whether the last durable batch held more than one such record: writes are concurrent,
         # and a result record waits for the next flush to share its `write` with others.
@@ -146,23 +170,7 @@ class AuditLog:
 
     async def drain(self) -> None:
         """Write what is queued now, instead of at the end of this turn of the event loop."""
-        self._flush_at_once()
-
-    def _flush_at_once(self, retry: bool = False) -> None:
-        if self._flush_due is not None:  # it would find nothing left to do
-            self._flush_due.cancel()
-            self._flush_due = None
-        self._flush(retry)
-
-    def _schedule_flush(self) -> None:
-        # A plain callback, not a task: `_flush` never waits, and a task per batch (its
-        # coroutine, its step, its wake-up of the writer) cost more than the flush's own logic.
-        if self._flush_due is None:
-            self._flush_due = asyncio.get_running_loop().call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self._flush_due = None
-        self._flush()
+        self._turn.at_once()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -191,11 +199,11 @@ class AuditLog:
         self._queue.append((body, future))
         if durable:
             self._durable_pending += 1
-        if len(self._queue) == 1 and self._flush_due is None and (
+        if len(self._queue) == 1 and self._turn.due is None and (
                 alone if durable else not self._concurrent):
             self._flush()  # nothing to share a write (or an fsync) with: written now
         else:
-            self._schedule_flush()
+            self._turn.schedule()
         try:
             await future
         except AuditUnavailable:
@@ -206,7 +214,7 @@ class AuditLog:
     def write_later(self, body: dict[str, Any]) -> None:
         """Queue a record nobody waits for (it is retained if the write fails)."""
         self._queue.append((body, None))
-        self._schedule_flush()
+        self._turn.schedule()
 
     async def probe(self) -> bool:
         """For readiness: retry a failed log (reopen, write what was retained)."""
@@ -223,7 +231,7 @@ class AuditLog:
                 return False
         # Retry what was retained even though the log is not ready: readiness must be able to
         # recover without a cancel (a pod that is not ready gets none).
-        self._flush_at_once(retry=True)
+        self._turn.at_once(retry=True)
         if not self._state.ready and self._file.fd is not None and not self._retained:
             # Nothing to prove writability with: an empty write checks the descriptor.
             try:

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 
 def shown(value: object) -> str:
+    """A value as a message shows it: TOML's spelling, short, on one line."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, float) and not math.isfinite(value):

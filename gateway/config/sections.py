@@ -16,6 +16,8 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SectionParser(Checks):
+    """Each section's table: its keys, their values, and the rules between them."""
+
     def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
         t = self.table(data, "bulk", {"concurrency"})
         return BulkConfig(

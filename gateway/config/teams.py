@@ -19,6 +19,8 @@ SERVICE_ACCOUNT_RE = re.compile(
 
 
 class TeamsParser(Checks):
+    """The arrays of tables: each entry's keys, and what must not repeat across entries."""
+
     def teams(
         self, data: Mapping[str, Any], *, has_issuers: bool = False
     ) -> tuple[TeamConfig, ...]:
