@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import structlog
 
+from gateway.audit.files import LogFile
+
 log = structlog.get_logger("gateway.audit")
 
 LOST_FILE = ("audit.path no longer names the file the gateway opened (deleted or replaced); "
@@ -36,6 +38,15 @@ class Availability:
         self.problem = problem
         if self._on_failure is not None:
             self._on_failure()
+
+    def still_ours(self, file: LogFile) -> bool:
+        """Whether `audit.path` still names the open file; if not, fail closed for good."""
+        if self.file_lost:
+            return False
+        if not file.still_named():
+            self.lose_file()
+            return False
+        return True
 
     def lose_file(self) -> None:
         self.file_lost = True

@@ -221,7 +221,7 @@ class AuditLog:
         if self._mac.configured and self._mac.current() is None:
             self._state.fail(self._mac.problem())
             return False
-        if self._file.fd is not None and not self._still_ours():
+        if self._file.fd is not None and not self._state.still_ours(self._file):
             return False
         if self._state.ready and not self._retained:
             return True
@@ -257,7 +257,7 @@ class AuditLog:
             if file.fd is None:
                 self.open()
             if (file.fd is None or (self._mac.configured and mac_key is None)
-                    or not self._still_ours()):
+                    or not state.still_ours(file)):
                 if file.fd is not None and not state.file_lost:
                     state.fail(self._mac.problem())
                 settle(batch, ok=False, retained=self._retained)
@@ -285,15 +285,6 @@ class AuditLog:
                 self._after_commit(data, sealed)
             except Exception:  # a broken stdout or log must not wedge the writer
                 log.exception("audit.mirror_failed")
-
-    def _still_ours(self) -> bool:
-        """Whether `audit.path` still names the open file; if not, fail closed for good."""
-        if self._state.file_lost:
-            return False
-        if not self._file.still_named():
-            self._state.lose_file()
-            return False
-        return True
 
     def _after_commit(self, data: bytes, sealed: list[dict[str, Any]]) -> None:
         if self._mirror is not None:
