@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.standin import StandIn
 from gateway.server import protocol as server
 from gateway.server.app import Gateway
@@ -69,7 +70,7 @@ def free_port(preferred: int) -> int:
 
 def demo_config(
     folder: Path, upstream_url: str, port: int, team_keys: dict[str, str], token: str
-) -> config.Config:
+) -> model.Config:
     (folder / "token").write_text(token + "\n")
     (folder / "token").chmod(0o600)
     return config.parse(
@@ -109,7 +110,7 @@ def run(*, port: int = 8080) -> int:
 
 
 def _print_instructions(
-    cfg: config.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
+    cfg: model.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
 ) -> None:
     base = f"http://{cfg.server.host}:{cfg.server.port}"
 
