@@ -34,7 +34,7 @@ from gateway.asgi import (
     send_error,
     send_response,
 )
-from gateway.audit.log import AuditUnavailable
+from gateway.audit.writer import AuditUnavailable
 from gateway.cancel.batch import WOULD_CANCEL, Batch, ItemResult, counts_of, item_request_id
 from gateway.cancel.bulk_request import BulkRequest, check_content_type, parse_request, read_body
 from gateway.cancel.cancellation import Cancellation

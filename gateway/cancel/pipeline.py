@@ -31,10 +31,10 @@ from gateway.asgi import (
     send_error,
     send_response,
 )
-from gateway.audit.log import AuditLog, AuditUnavailable
 from gateway.audit.suppression import DeniedSuppression
+from gateway.audit.writer import AuditLog, AuditUnavailable
 from gateway.cancel.cancellation import Cancellation, cancel_record
-from gateway.config.load import Config
+from gateway.config.model import Config
 from gateway.errors import (
     GatewayError,
     RequestRejected,

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
+from gateway.config.teams import TEAM_NAME_RE
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -134,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "new":
-        if not config.TEAM_NAME_RE.fullmatch(args.team):
+        if not TEAM_NAME_RE.fullmatch(args.team):
             print("keys new: --team must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric "
                   "(as [[teams]] name), got " + ascii(args.team[:80]), file=sys.stderr)
             return EXIT_USAGE
@@ -177,7 +179,7 @@ def _keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
+def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     from gateway.secrets.sources import fingerprint, upstream_token_source
 
     up = cfg.upstream
@@ -228,7 +230,7 @@ def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.audit.log import AuditLocked
+    from gateway.audit.files import AuditLocked
     from gateway.server import protocol as server
     from gateway.server.protocol import CannotListen
     from gateway.telemetry import logs

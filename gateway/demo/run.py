@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.seed import API_SOURCE, DOCS_SOURCE, IMAGES_SOURCE, WEB_SOURCE, Seeded, seed
 from gateway.demo.standin import StandIn
 from gateway.server import protocol as server
@@ -41,7 +42,7 @@ def free_port(preferred: int) -> int:
 
 def demo_config(
     folder: Path, upstream_url: str, port: int, team_keys: dict[str, str], token: str
-) -> config.Config:
+) -> model.Config:
     (folder / "token").write_text(token + "\n")
     (folder / "token").chmod(0o600)
     return config.parse(
@@ -81,7 +82,7 @@ def run(*, port: int = 8080) -> int:
 
 
 def _print_instructions(
-    cfg: config.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
+    cfg: model.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
 ) -> None:
     base = f"http://{cfg.server.host}:{cfg.server.port}"
 

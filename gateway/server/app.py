@@ -17,10 +17,10 @@ from starlette.applications import Starlette
 
 from gateway.access.policy import Policy, build_policy
 from gateway.asgi import Receive, Scope, Send
-from gateway.audit.log import AuditLog
 from gateway.audit.suppression import DeniedSuppression
+from gateway.audit.writer import AuditLog
 from gateway.cancel.pipeline import CancelPipeline
-from gateway.config.load import Config
+from gateway.config.model import Config
 from gateway.secrets.sources import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,

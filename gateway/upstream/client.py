@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 
 from gateway import __version__
-from gateway.config.load import Transport, UpstreamConfig
+from gateway.config.model import Transport, UpstreamConfig
 from gateway.errors import UpstreamFailure
 from gateway.upstream.transport import (
     ConnectFailed,
