@@ -22,7 +22,7 @@ from gateway.errors import ConfigError
 
 ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.toml"
-SECTIONS = {"server", "upstream", "audit", "teams", "issuers", "bulk"}
+SECTIONS = {"server", "upstream", "audit", "teams", "issuers", "bulk", "traces"}
 
 
 def config_path(explicit: str | None) -> str:
@@ -68,6 +68,7 @@ def parse(data: Mapping[str, Any], *, source: str = DEFAULT_CONFIG) -> Config:
         teams=teams.teams(data, has_issuers=bool(issuers)),
         issuers=issuers,
         bulk=sections.bulk(data),
+        traces=sections.traces(data),
     )
     if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
         # Auditors get the HMAC key; they must never get the Chroma token with it.

@@ -71,6 +71,13 @@ class BulkConfig:
 
 
 @dataclass(frozen=True)
+class TracesConfig:
+    otlp_endpoint: str | None = None  # OTLP/HTTP traces endpoint; None: tracing off
+    service_name: str = "chroma-sync-gateway"
+    sample_ratio: float = 1.0  # of the traces the gateway starts; a caller's decision is kept
+
+
+@dataclass(frozen=True)
 class IssuerConfig:
     """A cluster whose projected service-account tokens (JWTs) are accepted."""
 
@@ -89,3 +96,4 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     issuers: tuple[IssuerConfig, ...] = ()
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)

@@ -1,7 +1,9 @@
-"""The single-table sections of the config file: [server], [upstream], [audit] and [bulk]."""
+"""The single-table sections of the config file: [server], [upstream], [audit], [bulk] and
+[traces]."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -10,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.config.checks import Checks, shown
-from gateway.config.model import AuditConfig, BulkConfig, ServerConfig, Transport, UpstreamConfig
+from gateway.config.model import (
+    AuditConfig,
+    BulkConfig,
+    ServerConfig,
+    TracesConfig,
+    Transport,
+    UpstreamConfig,
+)
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -24,6 +33,35 @@ class SectionParser(Checks):
             concurrency=self.get(t, "bulk", "concurrency", lambda k, v: self.count(k, v, 1, 64),
                                  BulkConfig.concurrency),
         )
+
+    def traces(self, data: Mapping[str, Any]) -> TracesConfig:
+        t = self.table(data, "traces", {"otlp_endpoint", "service_name", "sample_ratio"})
+        d = TracesConfig()
+        endpoint = self.get(t, "traces", "otlp_endpoint", self.endpoint, None)
+        if endpoint and importlib.util.find_spec("opentelemetry") is None:
+            raise self.fail("traces.otlp_endpoint", "needs the otel extra installed "
+                            "(pip install 'chroma-sync-gateway[otel]')")
+        ratio = self.get(t, "traces", "sample_ratio", self.ratio, d.sample_ratio)
+        return TracesConfig(
+            otlp_endpoint=endpoint or None,
+            service_name=self.get(t, "traces", "service_name", self.string, d.service_name),
+            sample_ratio=ratio,
+        )
+
+    def ratio(self, key: str, value: object) -> float:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0.0 <= value <= 1.0):
+            raise self.fail(key, f"must be a number from 0 to 1, got {shown(value)}")
+        return float(value)
+
+    def endpoint(self, key: str, value: object) -> str:
+        """An http(s) URL with a host and no credentials (a collector, not an upstream)."""
+        text = self.string(key, value)
+        url = urllib.parse.urlsplit(text)
+        if url.scheme not in {"http", "https"} or not url.hostname or "@" in url.netloc:
+            raise self.fail(key, "must be an http:// or https:// URL without credentials, got "
+                            + (shown(value) if "@" not in url.netloc else "a URL with userinfo"))
+        return text
 
     def server(self, data: Mapping[str, Any]) -> ServerConfig:
         t = self.table(data, "server", {

@@ -87,23 +87,25 @@ class OtelTraces(Traces):
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers
                    if k in (b"traceparent", b"tracestate")}
         parent = self._propagator.extract(carrier)
-        with self._tracer.start_as_current_span(name, context=parent, kind=self._server,
-                                                record_exception=False) as span:
+        with self._tracer.start_as_current_span(
+                name, context=parent, kind=self._server, record_exception=False,
+                set_status_on_exception=False) as span:
             yield span
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Attributes | None = None
              ) -> Iterator[Any]:
-        with self._tracer.start_as_current_span(name, attributes=attributes,
-                                                record_exception=False) as span:
+        with self._tracer.start_as_current_span(
+                name, attributes=attributes, record_exception=False,
+                set_status_on_exception=False) as span:
             yield span
 
     def traced(self, name: str, call: Callable[P, Awaitable[T]],
                attributes: Attributes | None = None) -> Callable[P, Awaitable[T]]:
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
             with self._tracer.start_as_current_span(
-                    name, attributes=attributes, kind=self._client,
-                    record_exception=False) as span:
+                    name, attributes=attributes, kind=self._client, record_exception=False,
+                    set_status_on_exception=False) as span:
                 try:
                     return await call(*args, **kwargs)
                 except Exception as exc:
