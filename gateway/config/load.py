@@ -3,6 +3,7 @@
 
 Every problem is reported as one line that names the file, the key and what is wrong, e.g.
 `config.toml: upstream.timeout must be a positive number, got "ten"`. Unknown keys are errors.
+A relative path in the file is relative to the file's folder (`PATH_KEYS`).
 The sections are checked by `gateway.config.sections` ([server], [upstream], [audit], [bulk])
 and `gateway.config.teams` ([[teams]], [[issuers]]); what spans sections is checked here.
 """
@@ -23,6 +24,13 @@ from gateway.errors import ConfigError
 ENV_CONFIG = "CHROMA_SYNC_GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.toml"
 SECTIONS = {"server", "upstream", "audit", "teams", "issuers", "bulk", "traces"}
+# The keys that name a file or a folder: a relative one is taken from the config file's folder,
+# not from wherever the gateway was started ([[issuers]] entries: each one's `jwks_file`).
+PATH_KEYS = {
+    "upstream": ("token_file", "ca_file"),
+    "audit": ("path", "hmac_key_file", "signing_key_file", "checkpoint_file"),
+    "issuers": ("jwks_file",),
+}
 
 
 def config_path(explicit: str | None) -> str:
@@ -50,7 +58,21 @@ def loads(raw: bytes, *, source: str) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, source=path)
+    return parse(relative_to(data, os.path.dirname(os.path.abspath(path))), source=path)
+
+
+def relative_to(data: dict[str, Any], folder: str) -> dict[str, Any]:
+    """`data` with every relative path of `PATH_KEYS` joined to `folder` (in place)."""
+    for section, names in PATH_KEYS.items():
+        tables = data.get(section)
+        for table in tables if isinstance(tables, list) else [tables]:
+            if not isinstance(table, dict):
+                continue  # the parser names what is wrong with it
+            for name in names:
+                value = table.get(name)
+                if isinstance(value, str) and value and not os.path.isabs(value):
+                    table[name] = os.path.join(folder, value)
+    return data
 
 
 def parse(data: Mapping[str, Any], *, source: str = DEFAULT_CONFIG) -> Config:

@@ -81,7 +81,7 @@ def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> model.Config:
 KEY_LINE = re.compile(r"^(#\s*)?([a-z_]+)\s*=\s*(.*)$")
 SECTIONS = {
     "[server]": "server", "[upstream]": "upstream", "[audit]": "audit", "[[teams]]": "teams",
-    "[[issuers]]": "issuers", "[bulk]": "bulk",
+    "[[issuers]]": "issuers", "[bulk]": "bulk", "[traces]": "traces",
 }
 
 
@@ -111,6 +111,7 @@ def accepted_keys() -> dict[str, set[str]]:
             ("teams", model.TeamConfig),
             ("issuers", model.IssuerConfig),
             ("bulk", model.BulkConfig),
+            ("traces", model.TracesConfig),
         )
     }
 
@@ -204,7 +205,9 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (up.connect_timeout, up.timeout) == (2.0, 10.0)
     assert (up.max_connections, up.transport) == (100, "native")
     assert cfg.audit == model.AuditConfig(
-        path="audit.jsonl", fsync=True, hmac_key_file=None, checkpoint_every=1000,
+        # Relative to the config file's folder (tests/config/test_paths.py).
+        path=str(tmp_path / "audit.jsonl"), fsync=True, hmac_key_file=None,
+        checkpoint_every=1000,
         checkpoint_seconds=300.0, stdout=False, max_bytes=None,
     )
     team = cfg.teams[0]
@@ -773,8 +776,9 @@ def test_issuers_and_service_accounts_parse_into_frozen_values(tmp_path: Path) -
     data["issuers"].append({**ISSUER, "name": "dr", "issuer": "https://dr.example"})
     cfg = load_ok(tmp_path, data)
     assert cfg.issuers == (
-        model.IssuerConfig("prod", "https://kubernetes.default.svc", "csg", "jwks.json"),
-        model.IssuerConfig("dr", "https://dr.example", "csg", "jwks.json"),
+        model.IssuerConfig("prod", "https://kubernetes.default.svc", "csg",
+                           str(tmp_path / "jwks.json")),
+        model.IssuerConfig("dr", "https://dr.example", "csg", str(tmp_path / "jwks.json")),
     )
     assert cfg.teams[0].service_accounts == ("billing/worker", "billing/cron.v2")
     assert cfg.teams[0].keys == (KEY_A,)
