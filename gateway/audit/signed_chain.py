@@ -26,6 +26,8 @@ import structlog
 
 from gateway.audit import tree_state
 from gateway.audit.chain_tree import ChainTree, default_origin, new_chain_id
+from gateway.audit.files import rotated_files
+from gateway.config.model import AuditConfig
 from gateway.secrets.sources import SecretSource
 
 if TYPE_CHECKING:  # cryptography is loaded only when a signing key is configured
@@ -72,7 +74,17 @@ class ChainKeeper:
         self._durable = durable
         self.tree: ChainTree | None = None
         self._announced: str | None = None  # the public key the last audit.opened named
+        self._encoded: tuple[Signer, str] | None = None  # a signer's verifier key, derived once
         self.last_note: str | None = None
+
+    @classmethod
+    def for_config(
+        cls, config: AuditConfig, version: str, signing_key: SigningKeySource | None,
+        token: SecretSource | None,
+    ) -> ChainKeeper:
+        return cls(config.path, version=version, origin=config.origin, instance=config.instance,
+                   signing_key=signing_key, token=token, checkpoint_file=config.checkpoint_file,
+                   durable=config.fsync)
 
     # -- the key ------------------------------------------------------------------------------
 
@@ -101,7 +113,11 @@ class ChainKeeper:
 
     def public_key(self) -> str | None:
         signer = self.signer()
-        return signer.verifier.encoded if signer is not None else None
+        if signer is None:
+            return None
+        if self._encoded is None or self._encoded[0] is not signer:
+            self._encoded = (signer, signer.verifier.encoded)
+        return self._encoded[1]
 
     # -- open ---------------------------------------------------------------------------------
 
@@ -214,3 +230,27 @@ class ChainKeeper:
             tree_state.save(self.path, self.tree, seq, head, durable=self._durable)
         except OSError as exc:  # resumable anyway: the tree is rebuilt from the files
             log.warning("audit.tree_state_failed", problem=exc.strerror)
+
+
+def last_record(files: Sequence[str]) -> dict[str, Any] | None:
+    """The last record of the newest file that has one (its torn tail is already cut)."""
+    for path in reversed(files):
+        try:
+            for line in tree_state.lines_backward(path):
+                record = json.loads(line)
+                return record if isinstance(record, dict) and "seq" in record else None
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def plan_open(keeper: ChainKeeper, path: str, head_seq: int) -> Plan | None:
+    """At open, after recovery: what the log found means (None: a reopen while running, the
+    chain goes on with its tree in memory)."""
+    if keeper.tree is not None and keeper.tree.tree.size == head_seq:
+        return None
+    files = [*rotated_files(path), path]
+    plan = keeper.plan(files, last_record(files))
+    if plan.previous is not None:
+        log.warning("audit.chain_closed", reason=plan.reason, previous=plan.previous)
+    return plan

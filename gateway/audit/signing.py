@@ -71,6 +71,17 @@ class SigningKeySource(FileSecret):
         return (self.value, self.problem) != before
 
 
+def strict_problem(path: str, token: str | None) -> str | None:
+    """`check-config --strict`: why the gateway would fail closed on this key, or None."""
+    source = SigningKeySource(path)
+    source.refresh()
+    if source.signer is None:
+        return source.problem or f"{WHAT} can't be read"
+    if token and source.value is not None and token in source.value:
+        return "holds the upstream token"
+    return None
+
+
 def write_new_key(path: str, name: str) -> note.Signer:
     """A new key under `name`, written to a new file `path` (mode 0600; never overwrites).
 

@@ -23,6 +23,10 @@ How a record gets to disk:
   good: a new chain is never started while running.
 - The `audit.stdout` mirror is written without blocking (`gateway.telemetry.pipes`): when its
   reader stops draining, records are dropped from the mirror (counted), never from the file.
+- Every record carries its `chain`; the chain's Merkle tree, its signed checkpoints and the
+  first records of a chain (`audit.chain`, then `audit.opened` at each start) come from
+  `gateway.audit.signed_chain`. A configured signing key that can't be used fails the log
+  closed, like the HMAC key.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
+from gateway import __version__
+from gateway.audit import chain as audit_chain
 from gateway.audit.availability import Availability
 from gateway.audit.files import LogFile
 from gateway.audit.head import ChainHead, checkpoint_body
@@ -41,9 +47,14 @@ from gateway.audit.mac import MacKey
 from gateway.audit.mirror import mirror_for
 from gateway.audit.recovery import BrokenTail, continue_chain
 from gateway.audit.retention import Retention
+from gateway.audit.signed_chain import ChainKeeper, plan_open
+from gateway.audit.timestamps import utc_timestamp
 from gateway.config.model import AuditConfig
 from gateway.errors import ServiceUnavailable
 from gateway.secrets.sources import SecretSource
+
+if TYPE_CHECKING:
+    from gateway.audit.signing import SigningKeySource
 
 log = structlog.get_logger("gateway.audit")
 
@@ -90,6 +101,7 @@ class AuditLog:
         *,
         mac_key: SecretSource | None = None,
         token: SecretSource | None = None,
+        signing_key: SigningKeySource | None = None,
         stdout: IO[bytes] | None = None,
         on_failure: Callable[[], None] | None = None,
         on_stdout_drop: Callable[[int], None] | None = None,
@@ -102,7 +114,8 @@ class AuditLog:
         self._file = LogFile(config.path, fsync=config.fsync, max_bytes=config.max_bytes,
                              on_rotate=self._rotated)
         self._retention = Retention(config.path, config.keep_files)
-        self._head = ChainHead(config.checkpoint_every)
+        self.keeper = ChainKeeper.for_config(config, __version__, signing_key, token)
+        self._head = ChainHead(config.checkpoint_every, self.keeper)
         self._queue: list[Waiter] = []
         self._retained: list[dict[str, Any]] = []
         self._turn = FlushTurn(self._flush)
@@ -164,6 +177,8 @@ class AuditLog:
             with contextlib.suppress(AuditUnavailable):
                 await self.write(checkpoint_body(), retain=True)
         await self.drain()
+        if self._file.fd is not None:
+            self.keeper.save(self._head.seq, self._head.head)  # the next start reads nothing
         self._file.close()
         if self._mirror is not None:
             self._mirror.close()
@@ -218,8 +233,9 @@ class AuditLog:
 
     async def probe(self) -> bool:
         """For readiness: retry a failed log (reopen, write what was retained)."""
-        if self._mac.configured and self._mac.current() is None:
-            self._state.fail(self._mac.problem())
+        problem = key_problem(self._mac, self.keeper)
+        if problem is not None:
+            self._state.fail(problem)
             return False
         if self._file.fd is not None and not self._state.still_ours(self._file):
             return False
@@ -256,10 +272,10 @@ class AuditLog:
             mac_key = self._mac.current()
             if file.fd is None:
                 self.open()
-            if (file.fd is None or (self._mac.configured and mac_key is None)
-                    or not state.still_ours(file)):
+            problem = key_problem(self._mac, self.keeper)
+            if file.fd is None or problem is not None or not state.still_ours(file):
                 if file.fd is not None and not state.file_lost:
-                    state.fail(self._mac.problem())
+                    state.fail(problem or "no key")
                 settle(batch, ok=False, retained=self._retained)
                 self._retained[:0] = bodies[:retained_count]
                 continue
@@ -281,6 +297,7 @@ class AuditLog:
             state.ok()
             self.records_written += len(sealed)
             settle(batch, ok=True, retained=self._retained)
+            self.keeper.committed(sealed, self._head.seq, self._head.head)
             try:
                 self._after_commit(data, sealed)
             except Exception:  # a broken stdout or log must not wedge the writer
@@ -289,14 +306,7 @@ class AuditLog:
     def _after_commit(self, data: bytes, sealed: list[dict[str, Any]]) -> None:
         if self._mirror is not None:
             self._mirror.write(data, len(sealed))
-        for record in sealed:
-            if record["event"] == "audit.deleted":
-                self._retention.delete(record)
-            elif record["event"] == "audit.checkpoint":
-                log.info(
-                    "audit.checkpoint", seq=record["seq"], hash=record["hash"],
-                    head_seq=record["head_seq"], head_hash=record["head_hash"],
-                )
+        announce(sealed, self._retention)
 
     async def _checkpoint_every_interval(self) -> None:
         while True:
@@ -308,11 +318,14 @@ class AuditLog:
     # -- the file -----------------------------------------------------------------------------
 
     def _rotated(self, rotated_to: str) -> None:
-        """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for."""
+        """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for,
+        and a checkpoint (signed, with a key) over every record up to the rotation."""
         log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
         for body in self._retention.plan():
             self._queue.append((body, None))
             self._durable_pending += 1
+        if self._head.seq:
+            self._queue.append((checkpoint_body(), None))
 
     def _open_file(self) -> None:
         if self._file.replaced_since_opened():
@@ -326,6 +339,49 @@ class AuditLog:
             # fsynced, as the truncation it describes was.
             self._queue.insert(0, (recovered, None))
             self._durable_pending += 1
+        begun, opened = open_chain(self.keeper, self._file, self._head)
+        self._queue[:0] = [(body, None) for body in begun]
+        self._queue.extend((body, None) for body in opened)
+
+
+def key_problem(mac: MacKey, keeper: ChainKeeper) -> str | None:
+    """Why records can't be sealed now (a configured key that can't be used), or None."""
+    if mac.configured and mac.current() is None:
+        return mac.problem()
+    return keeper.signing_problem()
+
+
+def open_chain(
+    keeper: ChainKeeper, file: LogFile, head: ChainHead
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chain at open: continued (its tree resumed), or begun (a new log, or one that can't
+    be continued, rotated out untouched first). The bodies to write first (`audit.chain`) and
+    after anything already queued (`audit.opened`)."""
+    plan = plan_open(keeper, file.path, head.seq)
+    if plan is None:
+        return [], []
+    ts = utc_timestamp()
+    if not plan.new_chain:
+        return [], [keeper.opened(ts)]
+    head.continue_from(0, audit_chain.GENESIS)
+    head.since_checkpoint = 0
+    if file.size:
+        file.rotate()
+    return [keeper.begin(plan.previous, ts)], [keeper.opened(ts)]
+
+
+def announce(sealed: list[dict[str, Any]], retention: Retention) -> None:
+    """After a batch is written: deletions it records, checkpoints to the operational log."""
+    for record in sealed:
+        if record["event"] == "audit.deleted":
+            retention.delete(record)
+        elif record["event"] == "audit.checkpoint":
+            log.info(
+                "audit.checkpoint", seq=record["seq"], hash=record["hash"],
+                head_seq=record["head_seq"], head_hash=record["head_hash"],
+                chain=record["chain"], tree_size=record["tree_size"], root=record["root"],
+                note=record.get("note"),
+            )
 
 
 def settle(batch: list[Waiter], *, ok: bool, retained: list[dict[str, Any]]) -> None:

@@ -186,7 +186,8 @@ def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     print(f"audit: {a.path} (fsync {'on' if a.fsync else 'off'}, "
           f"hmac {'on' if a.hmac_key_file else 'off'}, stdout {'on' if a.stdout else 'off'}, "
           f"rotation {f'at {a.max_bytes} bytes' if a.max_bytes else 'off'}, "
-          f"record_context {'on' if a.record_context else 'off'})")
+          f"record_context {'on' if a.record_context else 'off'}, "
+          f"signing {'on' if a.signing_key_file else 'off'})")
     print(f"teams: {len(cfg.teams)}")
     for team in cfg.teams:
         print(f"  {team.name}: {len(team.keys)} key(s) "
@@ -208,11 +209,18 @@ def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     from gateway.config.preflight import strict_findings
 
     findings = strict_findings(cfg)
+    problems = list(findings.problems)
+    if a.signing_key_file:
+        from gateway.audit.signing import strict_problem
+
+        problem = strict_problem(a.signing_key_file, token.value)
+        if problem is not None:
+            problems.append(f"{cfg.source}: audit.signing_key_file: {problem}")
     for warning in findings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for problem in findings.problems:
+    for problem in problems:
         print(problem, file=sys.stderr)
-    if findings.problems:
+    if problems:
         return EXIT_USAGE
     print("strict: ok")
     return EXIT_OK
