@@ -15,10 +15,9 @@ from gateway.audit import chain as audit_chain
 from gateway.audit.timestamps import utc_timestamp
 
 if TYPE_CHECKING:
-    from gateway.audit.chain_tree import ChainTree
-    from gateway.audit.signed_chain import ChainKeeper
+    from gateway.audit.signed_chain import ChainKeeper, Snapshot
 
-Saved = tuple[int, str, int, "ChainTree | None"]
+Saved = tuple[int, str, int, "Snapshot"]
 
 
 def checkpoint_body() -> dict[str, Any]:

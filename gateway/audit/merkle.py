@@ -123,6 +123,14 @@ class Tree:
         tree._size = size
         return tree
 
+    def snapshot(self) -> tuple[int, tuple[bytes, ...]]:
+        """The tree as it is now, cheaply (for `rewind`)."""
+        return self._size, tuple(self._peaks)
+
+    def rewind(self, snapshot: tuple[int, tuple[bytes, ...]]) -> None:
+        """Back to a `snapshot` of this tree: leaves appended since are forgotten."""
+        self._size, self._peaks = snapshot[0], list(snapshot[1])
+
     def copy(self) -> Tree:
         other = Tree()
         other._size = self._size

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # cryptography is loaded only when a signing key is configure
 
 log = structlog.get_logger("gateway.audit")
 
+Snapshot = tuple[ChainTree, tuple[int, tuple[bytes, ...]]] | None
+
 CHAIN_EVENT = "audit.chain"
 OPENED_EVENT = "audit.opened"
 CHECKPOINT_EVENT = "audit.checkpoint"
@@ -201,17 +203,25 @@ class ChainKeeper:
         assert self.tree is not None
         self.tree.add(line)
 
-    def snapshot(self) -> ChainTree | None:
+    def snapshot(self) -> Snapshot:
+        """Before sealing a batch that may not reach the file (cheap: a tuple)."""
         if self.tree is None:
             return None
-        return ChainTree(self.tree.chain, self.tree.origin, self.tree.tree.copy())
+        return self.tree, self.tree.tree.snapshot()
 
-    def restore(self, snapshot: ChainTree | None) -> None:
-        self.tree = snapshot
+    def restore(self, snapshot: Snapshot) -> None:
+        if snapshot is None:
+            self.tree = None
+            return
+        self.tree, tree_snapshot = snapshot
+        self.tree.tree.rewind(tree_snapshot)
 
     def committed(self, sealed: Sequence[dict[str, Any]], seq: int, head: str) -> None:
         """After a batch is written: keep the newest note and, past a checkpoint, the state."""
-        notes = [r["note"] for r in sealed if r.get("event") == CHECKPOINT_EVENT and "note" in r]
+        checkpoints = [r for r in sealed if r["event"] == CHECKPOINT_EVENT]
+        if not checkpoints:
+            return
+        notes = [r["note"] for r in checkpoints if "note" in r]
         if notes:
             self.last_note = notes[-1]
             if self._checkpoint_file:
@@ -220,8 +230,7 @@ class ChainKeeper:
                                                 durable=self._durable)
                 except OSError as exc:
                     log.error("audit.checkpoint_file_failed", problem=exc.strerror)
-        if any(r.get("event") == CHECKPOINT_EVENT for r in sealed):
-            self.save(seq, head)
+        self.save(seq, head)
 
     def save(self, seq: int, head: str) -> None:
         if self.tree is None or self.tree.tree.size != seq:
