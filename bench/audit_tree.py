@@ -42,6 +42,29 @@ def record_body(i: int) -> dict[str, object]:
     }
 
 
+def writer_seal_us(with_chain: bool, n: int = 20_000) -> float:
+    """The writer's sealing of one-record batches, with or without the chain and its tree."""
+    from gateway.audit.head import ChainHead
+    from gateway.audit.signed_chain import ChainKeeper
+
+    keeper = None
+    if with_chain:
+        keeper = ChainKeeper("/nonexistent/audit.jsonl", version="bench")
+        keeper.plan([], None)
+        keeper.begin(None, "t")
+        keeper.opened("t")
+    head = ChainHead(10**9, keeper)
+    body = {k: v for k, v in record_body(1).items() if k != "chain"}
+
+    def one() -> None:
+        head.saved()
+        _, sealed = head.seal_batch([body], b"k" * 32)
+        if keeper is not None:
+            keeper.committed(sealed, head.seq, head.head)
+
+    return best_us(one, n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.audit_tree")
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -63,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seal one record (0.2 hot path):        {best_us(seal, 50_000):8.2f} us")
     print(f"add its line to the Merkle tree (0.3):  {best_us(lambda: tree.add(line), 200_000):8.2f}"
           f" us")
+
+    plain, chained = writer_seal_us(False), writer_seal_us(True)
+    print(f"writer, one record a batch, 0.2 (no chain):  {plain:8.2f} us")
+    print(f"writer, one record a batch, 0.3 (chain+tree): {chained:8.2f} us "
+          f"(+{chained - plain:.2f})")
 
     signer = note.generate_key("audit.example/bench")
     verifier = signer.verifier
