@@ -179,7 +179,7 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
     import aiohttp
 
     from gateway.config.model import UpstreamConfig
-    from gateway.upstream.client import USER_AGENT, UpstreamClient
+    from gateway.upstream.client import UpstreamClient
 
     ids = procs.invocation_ids(64)
     url = f"http://127.0.0.1:{port}"
