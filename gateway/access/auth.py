@@ -29,6 +29,7 @@ JWT_SHAPE = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 class Principal:
     team: str
     key_id: str
+    issuer: str | None = None  # the `[[issuers]]` name that verified a service account's token
 
 
 class Authenticator(Protocol):
