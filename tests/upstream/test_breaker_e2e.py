@@ -5,6 +5,7 @@ closes on its success; its gauge and log lines follow."""
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -123,5 +124,5 @@ def test_one_probe_at_a_time_and_late_answers_from_before_the_opening_do_not_mov
     probes = sorted(t for t in arrivals if t > opened)
     assert probes, "no probe was sent"
     assert statuses.count(502) == len(probes)  # every other cancel: 503 at once
-    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert all(gap >= 0.95 for gap in gaps), f"probe PUTs overlapped: gaps {gaps}"
