@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import secrets
 import string
-
 from collections.abc import Iterator
 
 import pytest
