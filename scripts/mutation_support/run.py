@@ -6,7 +6,7 @@ touch the work tree and a module's score depends only on its own tests. The scor
 killed / (all mutants): a mutant no test runs counts as surviving. "Wording aside" leaves out
 the mutants that only change prose (a string literal with a space in it) or a log call.
 
-    scripts/mutation [--rev REV] [--jobs N] [MODULE ...]
+    scripts/mutation [--rev REV] [--jobs N] [--score-only] [MODULE ...]
 
 --rev mutates a commit's tree instead of the work tree (e.g. to measure "before").
 """
@@ -69,6 +69,8 @@ def main() -> int:
                         help=f"any of {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--rev", help="mutate this commit's tree instead of the work tree")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the last run's results again, without running mutmut")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -78,17 +80,20 @@ def main() -> int:
     for name in args.modules or list(TARGETS):
         work = ROOT / "mutants" / label.replace("/", "_") / name
         started = time.monotonic()
-        print(f"{name}: mutating {TARGETS[name].path} in {work.relative_to(ROOT)} ...",
-              file=sys.stderr, flush=True)
-        rows.append((name, run_one(TARGETS[name], work, args.rev, args.jobs),
-                     time.monotonic() - started))
+        if not args.score_only:
+            print(f"{name}: mutating {TARGETS[name].path} in {work.relative_to(ROOT)} ...",
+                  file=sys.stderr, flush=True)
+        target = TARGETS[name]
+        result = (score(work, target, patterns_of(target)) if args.score_only
+                  else run_one(target, work, args.rev, args.jobs))
+        rows.append((name, result, time.monotonic() - started))
     print(f"\nmutation scores ({label}):")
     print(f"{'module':<12} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8} "
           f"{'score':>6} {'wording aside':>13} {'time':>6}")
-    for name, score, seconds in rows:
-        print(f"{name:<12} {score.total:>7} {score.killed:>6} {score.survived:>8} "
-              f"{score.no_tests:>8} {score.percent:>5.0f}% {score.percent_without_wording:>12.0f}% "
-              f"{seconds:>5.0f}s")
+    for name, result, seconds in rows:
+        print(f"{name:<12} {result.total:>7} {result.killed:>6} {result.survived:>8} "
+              f"{result.no_tests:>8} {result.percent:>5.0f}% "
+              f"{result.percent_without_wording:>12.0f}% {seconds:>5.0f}s")
     print("\nsurvivors, with their diffs: mutants/<label>/<module>/survivors.txt")
     return 0
 
@@ -128,8 +133,7 @@ def run_one(target: Target, work: Path, rev: str | None, jobs: int) -> Score:
         pyproject.write("\n[tool.mutmut]\n")
         for key, value in mutmut_config.items():
             pyproject.write(f"{key} = {json.dumps(value)}\n")
-    module = target.path.removesuffix(".py").replace("/", ".")
-    patterns = [f"{module}.x_{f}__mutmut_*" for f in target.functions]
+    patterns = patterns_of(target)
     env = {**os.environ, "PYTHONPATH": str(SUPPORT),
            "GATEWAY_MUTATION_HITS": str(work / "subprocess-hits.txt")}
     env.pop("MUTANT_UNDER_TEST", None)
@@ -138,6 +142,11 @@ def run_one(target: Target, work: Path, rev: str | None, jobs: int) -> Score:
                         str(jobs), *patterns], cwd=work, env=env, stdout=log,
                        stderr=subprocess.STDOUT, check=False)
     return score(work, target, patterns)
+
+
+def patterns_of(target: Target) -> list[str]:
+    module = target.path.removesuffix(".py").replace("/", ".")
+    return [f"{module}.x_{f}__mutmut_*" for f in target.functions]
 
 
 def copy_source(work: Path, rev: str | None) -> None:
@@ -199,17 +208,34 @@ def score(work: Path, target: Target, patterns: list[str]) -> Score:
 
 
 def is_wording(diff: str) -> bool:
-    """Whether a mutant only changes prose: every changed line differs from the original only in
-    string literals that hold a space (messages, changed or made None), or is a log call."""
-    removed = [line[1:] for line in diff.splitlines()
-               if line.startswith("-") and not line.startswith("---")]
-    added = [line[1:] for line in diff.splitlines()
-             if line.startswith("+") and not line.startswith("+++")]
-    if not removed or len(removed) != len(added):
-        return False
-    for before, after in zip(removed, added, strict=True):
-        if before.strip().startswith("log."):
+    """Whether a mutant only changes prose: every line it changes is part of a log call, or
+    differs from the original only in string literals that hold a space (messages), changed or
+    made None."""
+    body = [line for line in diff.splitlines()
+            if not line.startswith(("---", "+++", "@@"))]
+    removed: list[str] = []
+    in_log, depth = False, 0
+    logged: list[bool] = []
+    for line in body:
+        if line.startswith("+"):
             continue
+        text = line[1:]
+        if not in_log and text.strip().startswith("log."):
+            in_log, depth = True, 0
+        depth += text.count("(") - text.count(")")
+        if line.startswith("-"):
+            removed.append(text)
+            logged.append(in_log)
+        if in_log and depth <= 0:
+            in_log = False
+    added = [line[1:] for line in body if line.startswith("+")]
+    if not removed:
+        return False
+    if all(logged):
+        return True
+    if len(removed) != len(added):
+        return _prose_made_none(removed, added)
+    for before, after in zip(removed, added, strict=True):
         old, new = _tokens(before), _tokens(after)
         if old is None or new is None or len(old) != len(new):
             return False
@@ -220,6 +246,20 @@ def is_wording(diff: str) -> bool:
             if not (prose and (kind_b == tokenize.STRING or text_b == "None")):
                 return False
     return True
+
+
+def _prose_made_none(removed: list[str], added: list[str]) -> bool:
+    """A message written over several lines, replaced by None."""
+    punctuation = {",", "(", ")", "+"}
+    for line in removed:
+        tokens = _tokens(line)
+        if tokens is None or not all(
+                (kind == tokenize.STRING and " " in text) or text in punctuation
+                for kind, text in tokens):
+            return False
+    return all((_tokens(line) or [(0, "?")]) and all(
+        text == "None" or text in punctuation for _, text in _tokens(line) or [(0, "?")])
+        for line in added)
 
 
 def _tokens(line: str) -> list[tuple[int, str]] | None:
