@@ -19,8 +19,8 @@ def test_the_bound_is_429_with_retry_after_1_and_leave_frees_a_place() -> None:
     in_flight.enter("billing")
     with pytest.raises(RequestRejected) as info:
         in_flight.enter("billing")
-    assert (info.value.status, info.value.code, info.value.headers) == (
-        429, "rate_limited", {"retry-after": "1"})
+    assert (info.value.status, info.value.code, info.value.outcome, info.value.headers) == (
+        429, "rate_limited", "rate_limited", {"retry-after": "1"})
     in_flight.leave("billing")
     in_flight.enter("billing")
 
@@ -36,3 +36,25 @@ def test_a_reload_keeps_counting_the_cancels_still_in_flight() -> None:
     old.leave("billing")  # a request from before the reload ends through its own policy
     new.enter("billing")
     assert new.count("billing") == 3
+
+
+def test_a_team_the_limits_do_not_name_gets_the_default_bound() -> None:
+    in_flight = InFlight([])
+    assert in_flight.count("new") == 0
+    for _ in range(TeamConfig.max_in_flight):
+        in_flight.enter("new")
+    assert in_flight.count("new") == TeamConfig.max_in_flight
+    with pytest.raises(RequestRejected):
+        in_flight.enter("new")
+
+
+def test_counts_are_per_team_and_a_leave_without_an_enter_stays_at_zero() -> None:
+    in_flight = InFlight([team(1), TeamConfig(name="ops", keys=(), max_in_flight=1)])
+    in_flight.enter("billing")
+    in_flight.enter("ops")  # another team's bound is its own
+    assert (in_flight.count("billing"), in_flight.count("ops")) == (1, 1)
+    in_flight.leave("ops")
+    assert in_flight.count("ops") == 0
+    other = InFlight([team(1)])
+    other.leave("never-entered")
+    assert other.count("never-entered") == 0
