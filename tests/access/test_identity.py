@@ -29,6 +29,7 @@ from gateway.access.identity import (
     ServiceAccount,
     ServiceAccountAuthenticator,
     TokenRefused,
+    jwks_state,
     parse_jwks,
 )
 from gateway.config.load import IssuerConfig, TeamConfig
@@ -633,3 +634,54 @@ def test_the_same_key_under_two_issuers_is_told_apart_by_iss(tmp_path: Path) -> 
     assert accounts.verify(RSA.token().encode()).issuer == "prod"
     assert accounts.verify(RSA.token(iss=STAGING_ISSUER).encode()).issuer == "staging"
     assert refusal(accounts, RSA.token(iss="https://elsewhere").encode()) == "wrong issuer"
+
+
+# -- edges mutation testing found unchecked -------------------------------------------------
+
+
+def test_a_kid_of_256_characters_is_kept_and_each_key_knows_its_kid() -> None:
+    long_kid = "k" * 256
+    key_set = parse_jwks(jwks(RSA.jwk(kid=long_kid), EC))
+    assert sorted(key_set.keys) == sorted(["ec-1", long_kid])
+    assert all(key.kid == kid for kid, key in key_set.keys.items())
+
+
+def test_a_token_of_exactly_the_size_cap_is_not_refused_for_its_size(
+    accounts: ServiceAccountAuthenticator,
+) -> None:
+    # Padding of n characters grows the payload's base64 by about 4n/3 characters; a header
+    # field of 0 to 3 characters reaches the lengths the payload alone skips.
+    base = len(rs(padding=""))
+    near = (MAX_JWT_BYTES - base) * 3 // 4
+    sizes = {len(RSA.token(headers={"h": "h" * h}, padding="p" * n)): (h, n)
+             for h in range(4) for n in range(near - 6, near + 3)}
+    h, n = sizes[MAX_JWT_BYTES]
+    token = RSA.token(headers={"h": "h" * h}, padding="p" * n)
+    assert len(token) == MAX_JWT_BYTES
+    assert accounts.verify(token.encode()) == ServiceAccount("billing", "worker", "prod")
+
+
+@pytest.mark.parametrize("header", [b"W10", b"bm90IGpzb24", b"\xff\xfe"],
+                         ids=["array", "not-json", "not-base64-text"])
+def test_a_header_that_is_not_a_json_object_is_malformed(
+    accounts: ServiceAccountAuthenticator, header: bytes
+) -> None:
+    assert refusal(accounts, header + b".e30.c2ln") == "malformed"
+
+
+def test_a_kid_shared_with_a_key_of_the_wrong_type_falls_through_to_the_right_one(
+    tmp_path: Path,
+) -> None:
+    ec_shared, rsa_shared = ec_key("shared"), rsa_key("shared")
+    accounts = two_clusters(tmp_path, ec_shared, rsa_shared)
+    assert accounts.verify(rsa_shared.token(iss=STAGING_ISSUER).encode()).issuer == "staging"
+
+
+def test_check_config_names_the_keys_a_jwks_skips(tmp_path: Path) -> None:
+    jwk = RSA.jwk()
+    del jwk["kid"]
+    path = tmp_path / "jwks.json"
+    path.write_bytes(jwks(jwk, EC))
+    assert jwks_state(str(path)) == "kids ec-1; skipped keys[0]: no kid"
+    path.write_bytes(jwks(EC))
+    assert jwks_state(str(path)) == "kids ec-1"
