@@ -264,12 +264,17 @@ def _prose_made_none(removed: list[str], added: list[str]) -> bool:
 
 
 def _tokens(line: str) -> list[tuple[int, str]] | None:
+    """The line's tokens; a continuation line (an unmatched bracket) is read as far as it goes."""
+    found: list[tuple[int, str]] = []
+    tokens = tokenize.generate_tokens(io.StringIO(line.strip()).readline)
     try:
-        return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(line.strip()
-                                                                                   ).readline)
-                if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+        for token in tokens:
+            if token.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
+                found.append((token.type, token.string))
     except (tokenize.TokenError, IndentationError, SyntaxError):
-        return None
+        if not found:
+            return None
+    return found
 
 
 if __name__ == "__main__":

@@ -64,6 +64,16 @@ def test_limit_bounds_are_accepted(limit: int) -> None:
     ({"source_id": None}, "source_id must be a UUID"),
     ({"database_name": "a\nb"}, "database_name must be"),
     ({"database_name": "x" * 513}, "database_name must be"),
+    ({"database_name": ""}, "database_name must be"),
+    ({"database_name": 7}, "database_name must be"),
+    ({"database_name": ["docs"]}, "database_name must be"),
+    ({"database_name": None}, "database_name must be"),
+    ({"source_id": SOURCE, "limit": True}, "limit must be"),
+    ({"source_id": SOURCE, "limit": False}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 1.0}, "limit must be"),
+    ({"source_id": SOURCE, "limit": "10"}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 0}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 10001}, "limit must be"),
     ({"source_id": SOURCE, "limit": -1}, "limit must be a whole number from 1 to 10000"),
     ({"source_id": SOURCE, "limit": 10**30}, "limit must be"),
     ({"source_id": SOURCE, "dry_run": 1}, "dry_run must be true or false"),
@@ -72,6 +82,17 @@ def test_limit_bounds_are_accepted(limit: int) -> None:
 ])
 def test_each_bad_field_is_named(value: dict[str, Any], field: str) -> None:
     assert field in refusal(body(value)).message
+
+
+def test_a_database_name_of_512_characters_is_accepted() -> None:
+    assert bulk.parse_request(body({"database_name": "x" * 512})).database_name == "x" * 512
+
+
+def test_an_unknown_field_name_is_shown_up_to_40_characters() -> None:
+    whole = refusal(body({"source_id": SOURCE, "f" * 40: 1})).message
+    assert whole.startswith(repr("f" * 40) + " is not a known field")
+    cut = refusal(body({"source_id": SOURCE, "g" * 41: 1})).message
+    assert cut.startswith(repr("g" * 40 + "...") + " is not a known field")
 
 
 def test_an_unknown_field_with_control_characters_is_quoted_safely() -> None:
