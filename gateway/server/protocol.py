@@ -18,9 +18,10 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.config.load import Config, ServerConfig
+from gateway.asgi import IN_PROGRESS, TIMED_OUT
+from gateway.config.model import Config, ServerConfig
 from gateway.errors import error_body
-from gateway.server.app import IN_PROGRESS, TIMED_OUT, Gateway
+from gateway.server.app import Gateway
 
 # Request line and headers together; a cancel needs well under 1 KiB, nginx allows 32 KiB.
 MAX_HEAD_BYTES = 32 * 1024
@@ -332,7 +333,7 @@ class GatewayServer(uvicorn.Server):
 
 def uvicorn_config(gateway: Gateway, config: Config, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        gateway,
+        gateway.router,  # the lifespan runs in its plain app: Gateway.start and stop
         host=host,
         port=port,
         http=GatewayHttpProtocol.configured(config.server),
@@ -385,7 +386,7 @@ def serve(
 
 def metrics_config(gateway: Gateway, config: Config) -> uvicorn.Config:
     """The `server.metrics_port` listener: `/metrics` alone (other paths are 404s)."""
-    app = Starlette(routes=[Route("/metrics", gateway.metrics_endpoint, methods=["GET"])])
+    app = Starlette(routes=[Route("/metrics", gateway.router.metrics_endpoint, methods=["GET"])])
     return uvicorn.Config(
         app, http=GatewayHttpProtocol, ws="none", lifespan="off", proxy_headers=False,
         server_header=False, access_log=False, log_config=None, timeout_graceful_shutdown=1,

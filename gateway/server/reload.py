@@ -18,20 +18,19 @@ import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from gateway.access import keys
 from gateway.access.policy import build_policy
-from gateway.audit.log import AuditUnavailable, utc_timestamp
+from gateway.audit.timestamps import utc_timestamp
+from gateway.audit.writer import AuditUnavailable
+from gateway.cancel.pipeline import CancelPipeline
 from gateway.config import load as config_module
-from gateway.config.load import Config, TeamConfig
+from gateway.config.model import Config, TeamConfig
 from gateway.errors import ConfigError
-from gateway.secrets.watch import WatchedFile
-
-if TYPE_CHECKING:
-    from gateway.server.app import Gateway
+from gateway.secrets.watch import WatchedFile, Watcher
 
 log = structlog.get_logger("gateway.reload")
 
@@ -108,9 +107,10 @@ def _read(path: str) -> bytes:
 class Reloader:
     """Reloads the gateway's teams; one reload at a time, in the order they were asked for."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self.path = gateway.config.source
+    def __init__(self, pipeline: CancelPipeline, watcher: Watcher) -> None:
+        self._pipeline = pipeline  # its `config` and `policy` are what a reload swaps
+        self._watcher = watcher
+        self.path = pipeline.config.source
         self.file = WatchedFile(self.path, what="config")
         self._sha256: str | None = None  # of the file the running teams came from
         self._lock = asyncio.Lock()
@@ -123,7 +123,7 @@ class Reloader:
         self.file.load()
         if self.file.content is not None:
             self._sha256 = hashlib.sha256(self.file.content).hexdigest()
-        self._gateway.watcher.add(self.file, lambda: self.request(FILE))
+        self._watcher.add(self.file, lambda: self.request(FILE))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -169,19 +169,19 @@ class Reloader:
 
     def _refuse(self, trigger: str, problem: str) -> bool:
         log.error("config.reload_failed", trigger=trigger, problem=problem)
-        self._gateway.metrics.config_reloads.labels("failure").inc()
+        self._pipeline.metrics.config_reloads.labels("failure").inc()
         return False
 
     async def _adopt(self, new: Config, digest: str, trigger: str) -> None:
-        gateway = self._gateway
-        old = gateway.config
+        pipeline = self._pipeline
+        old = pipeline.config
         restart = restart_keys(old, new)
         if restart:
             log.warning("config.restart_required", keys=restart,
                         message="these keys take effect only after a restart")
         added, removed, changed = team_changes(old.teams, new.teams)
         adopted = dataclasses.replace(old, teams=new.teams)
-        policy = build_policy(adopted, gateway.metrics, previous=gateway.policy)
+        policy = build_policy(adopted, pipeline.metrics, previous=pipeline.policy)
         record: dict[str, Any] = {
             "ts": utc_timestamp(), "event": "audit.config", "trigger": trigger,
             "config_sha256": digest, "added": added, "removed": removed, "changed": changed,
@@ -191,14 +191,14 @@ class Reloader:
         # a log that can't be written keeps it in memory, and the reload still happens (a
         # kill switch must work while cancels are refused for want of an audit log).
         with contextlib.suppress(AuditUnavailable):
-            await gateway.audit.write(record, retain=True)
-        gateway.config, gateway.policy = adopted, policy
+            await pipeline.audit.write(record, retain=True)
+        pipeline.config, pipeline.policy = adopted, policy
         self._sha256 = digest
         for team in old.teams:
             for stored in team.keys:
                 if keys.key_id(stored) in removed["key_ids"]:
                     with contextlib.suppress(KeyError):
-                        gateway.metrics.key_requests.remove(team.name, keys.key_id(stored))
-        gateway.metrics.config_reloads.labels("success").inc()
+                        pipeline.metrics.key_requests.remove(team.name, keys.key_id(stored))
+        pipeline.metrics.config_reloads.labels("success").inc()
         log.info("config.reloaded", trigger=trigger, config_sha256=digest, added=added,
                  removed=removed, changed=changed, teams=len(new.teams))

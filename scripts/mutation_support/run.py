@@ -56,7 +56,7 @@ TARGETS: dict[str, Target] = {
     "identity": Target("gateway/access/identity.py", ("tests/access/test_identity.py",)),
     "limits": Target("gateway/access/limits.py", (
         "tests/access/test_limits.py", "tests/server/test_app.py")),
-    "bulk_body": Target("gateway/cancel/bulk.py", ("tests/cancel/test_bulk.py",), (
+    "bulk_body": Target("gateway/cancel/bulk_request.py", ("tests/cancel/test_bulk.py",), (
         "parse_request", "_unique_keys", "_refuse_constant", "_shown")),
 }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.access.scopes import Scope, ScopeAuthorizer, ScopeProblem
+from gateway.access.scopes import ScopeAuthorizer
+from gateway.config.scope import Scope, ScopeProblem
 from gateway.errors import RequestRejected
 from gateway.jobs import JobContext
 

@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
-from gateway.cancel import bulk
-from gateway.cancel.bulk import BulkRequest, ItemResult, Listing
+from gateway.cancel import batch, bulk_request
+from gateway.cancel.batch import ItemResult
+from gateway.cancel.bulk_request import BulkRequest
+from gateway.cancel.listing import Listing, list_pending
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.standin import ReceivedRequest, Respond, StandIn, json_response
 from gateway.errors import ConfigError, GatewayError, RequestRejected, UpstreamRefused
 from gateway.upstream.client import UpstreamClient
@@ -30,7 +33,7 @@ def body(value: Any) -> bytes:
 
 def refusal(raw: bytes) -> RequestRejected:
     with pytest.raises(RequestRejected) as info:
-        bulk.parse_request(raw)
+        bulk_request.parse_request(raw)
     assert (info.value.status, info.value.code) == (400, "invalid_request")
     return info.value
 
@@ -39,13 +42,13 @@ def refusal(raw: bytes) -> RequestRejected:
 
 
 def test_a_source_id_is_canonicalized_and_the_defaults_apply() -> None:
-    request = bulk.parse_request(body({"source_id": SOURCE}))
+    request = bulk_request.parse_request(body({"source_id": SOURCE}))
     assert request == BulkRequest(source_id=SOURCE.lower(), dry_run=False, limit=1000)
     assert request.selector == {"source_id": SOURCE.lower()}
 
 
 def test_a_database_name_with_dry_run_and_limit_is_kept_as_given() -> None:
-    request = bulk.parse_request(body({"database_name": "Docs é", "dry_run": True,
+    request = bulk_request.parse_request(body({"database_name": "Docs é", "dry_run": True,
                                        "limit": 10000}))
     assert request == BulkRequest(database_name="Docs é", dry_run=True, limit=10000)
     assert request.selector == {"database_name": "Docs é"}
@@ -53,7 +56,7 @@ def test_a_database_name_with_dry_run_and_limit_is_kept_as_given() -> None:
 
 @pytest.mark.parametrize("limit", [1, 10000])
 def test_limit_bounds_are_accepted(limit: int) -> None:
-    assert bulk.parse_request(body({"source_id": SOURCE, "limit": limit})).limit == limit
+    assert bulk_request.parse_request(body({"source_id": SOURCE, "limit": limit})).limit == limit
 
 
 @pytest.mark.parametrize(("value", "field"), [
@@ -85,7 +88,8 @@ def test_each_bad_field_is_named(value: dict[str, Any], field: str) -> None:
 
 
 def test_a_database_name_of_512_characters_is_accepted() -> None:
-    assert bulk.parse_request(body({"database_name": "x" * 512})).database_name == "x" * 512
+    request = bulk_request.parse_request(body({"database_name": "x" * 512}))
+    assert request.database_name == "x" * 512
 
 
 def test_an_unknown_field_name_is_shown_up_to_40_characters() -> None:
@@ -118,7 +122,7 @@ def test_a_repeated_field_is_refused_rather_than_the_last_one_winning() -> None:
                                    b"application/json; charset=utf-8",
                                    b'application/json;charset="UTF-8"'])
 def test_json_content_types_are_accepted(value: bytes) -> None:
-    bulk.check_content_type([(b"content-type", value)])
+    bulk_request.check_content_type([(b"content-type", value)])
 
 
 @pytest.mark.parametrize("headers", [
@@ -129,7 +133,7 @@ def test_json_content_types_are_accepted(value: bytes) -> None:
 ])
 def test_other_content_types_are_refused(headers: list[tuple[bytes, bytes]]) -> None:
     with pytest.raises(RequestRejected, match="content type"):
-        bulk.check_content_type(headers)
+        bulk_request.check_content_type(headers)
 
 
 # -- reading the body ------------------------------------------------------------------------
@@ -146,28 +150,28 @@ def receiving(*chunks: bytes) -> Any:
 
 
 def test_a_chunked_body_is_joined_up_to_4_kib() -> None:
-    got = asyncio.run(bulk.read_body([], receiving(b"a" * 4000, b"b" * 96)))
+    got = asyncio.run(bulk_request.read_body([], receiving(b"a" * 4000, b"b" * 96)))
     assert got == b"a" * 4000 + b"b" * 96
 
 
 def test_a_chunked_body_over_4_kib_is_refused_without_reading_on() -> None:
     with pytest.raises(RequestRejected, match="at most 4096 bytes"):
-        asyncio.run(bulk.read_body([], receiving(b"a" * 4000, b"b" * 97, b"c")))
+        asyncio.run(bulk_request.read_body([], receiving(b"a" * 4000, b"b" * 97, b"c")))
 
 
 @pytest.mark.parametrize("length", [b"4097", b"0" * 5000 + b"5000", b"9" * 5000])
 def test_a_declared_length_over_4_kib_is_refused_before_reading(length: bytes) -> None:
     with pytest.raises(RequestRejected, match="at most 4096 bytes"):
-        asyncio.run(bulk.read_body([(b"content-length", length)], receiving()))
+        asyncio.run(bulk_request.read_body([(b"content-length", length)], receiving()))
 
 
 # -- request ids and counts ------------------------------------------------------------------
 
 
 def test_each_cancel_gets_the_batch_request_id_and_its_number() -> None:
-    assert bulk.item_request_id("bulk-7", 1) == "bulk-7.1"
+    assert batch.item_request_id("bulk-7", 1) == "bulk-7.1"
     long = "r" * 128
-    derived = bulk.item_request_id(long, 10000)
+    derived = batch.item_request_id(long, 10000)
     assert len(derived) == 128 and derived.endswith(".10000")
 
 
@@ -177,13 +181,13 @@ def test_counts_are_by_outcome_and_skip_what_has_no_result_yet() -> None:
                                                                   "not_cancelable"),
         ItemResult("c", 202, "cancelled", None),
     ]
-    assert bulk.counts_of(results) == {"cancelled": 2, "not_cancelable": 1}
+    assert batch.counts_of(results) == {"cancelled": 2, "not_cancelable": 1}
 
 
 # -- the [bulk] table ------------------------------------------------------------------------
 
 
-def load(tmp_path: Path, extra: str) -> config.Config:
+def load(tmp_path: Path, extra: str) -> model.Config:
     data = {
         "upstream": {"base_url": "https://sync.example.test", "token_file": "token"},
         "audit": {"path": "audit.jsonl"},
@@ -227,10 +231,10 @@ def standin() -> Iterator[StandIn]:
 
 def listing(standin: StandIn, request: BulkRequest) -> Listing:
     async def run() -> Listing:
-        client = UpstreamClient(config.UpstreamConfig(base_url=standin.base_url,
+        client = UpstreamClient(model.UpstreamConfig(base_url=standin.base_url,
                                                       token_file="unused", timeout=2.0))
         try:
-            return await bulk.list_pending(client, request, token=TOKEN, request_id="unit")
+            return await list_pending(client, request, token=TOKEN, request_id="unit")
         finally:
             await client.aclose()
 

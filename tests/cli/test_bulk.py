@@ -146,10 +146,10 @@ def test_an_unreachable_gateway_exits_1() -> None:
 
 
 def test_the_cli_names_the_same_route_and_limit_as_the_gateway() -> None:
-    from gateway.cancel import bulk
+    from gateway.cancel import bulk, bulk_request
     from gateway.cli import bulk as bulk_cli
 
-    assert (bulk_cli.ROUTE, bulk_cli.MAX_LIMIT) == (bulk.ROUTE, bulk.MAX_LIMIT)
+    assert (bulk_cli.ROUTE, bulk_cli.MAX_LIMIT) == (bulk.ROUTE, bulk_request.MAX_LIMIT)
 
 
 def test_a_missing_key_is_a_usage_error_exit_2(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from gateway.access import keys
-from gateway.access.scopes import UNRESTRICTED, Scope
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
+from gateway.config.scope import UNRESTRICTED, Scope
 from gateway.server.reload import TEAM_FIELDS, team_changes
 
 KEY_A, KEY_B, KEY_C = (keys.stored_form(keys.new_key()) for _ in range(3))
