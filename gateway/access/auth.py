@@ -32,6 +32,12 @@ class Principal:
     issuer: str | None = None  # the `[[issuers]]` name that verified a service account's token
 
 
+def account_key_id(entry: str) -> str:
+    """The `key_id` of a `service_accounts` entry: `sa:NAMESPACE/NAME`, whether or not the
+    entry names its issuer (`ISSUER/NAMESPACE/NAME`); records name the issuer on their own."""
+    return "sa:" + "/".join(entry.split("/")[-2:])
+
+
 class Authenticator(Protocol):
     def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal:
         """Return the caller, or raise `RequestRejected` (401)."""
