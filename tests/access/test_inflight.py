@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.access.inflight import InFlight
@@ -58,3 +60,46 @@ def test_counts_are_per_team_and_a_leave_without_an_enter_stays_at_zero() -> Non
     other = InFlight([team(1)])
     other.leave("never-entered")
     assert other.count("never-entered") == 0
+
+
+# -- a bulk cancel's cancels wait for room (issue 17, finding 1) ------------------------------
+
+
+def test_a_bulk_cancel_waits_for_room_instead_of_failing() -> None:
+    async def scenario() -> list[str]:
+        in_flight = InFlight([team(1)])
+        order: list[str] = []
+        in_flight.enter("billing")  # a single cancel holds the only place
+
+        async def item(name: str) -> None:
+            await in_flight.enter_when_room("billing")
+            order.append(f"{name} in")
+            await asyncio.sleep(0)
+            in_flight.leave("billing")
+
+        waiting = [asyncio.create_task(item(n)) for n in ("a", "b")]
+        await asyncio.sleep(0.01)
+        assert order == [] and in_flight.count("billing") == 1
+        with pytest.raises(RequestRejected):
+            in_flight.enter("billing")  # a single cancel meanwhile: 429, as ever
+        in_flight.leave("billing")
+        await asyncio.gather(*waiting)
+        assert in_flight.count("billing") == 0
+        return order
+
+    assert sorted(asyncio.run(scenario())) == ["a in", "b in"]
+
+
+def test_waiters_are_woken_by_a_leave_through_a_reloaded_policy() -> None:
+    async def scenario() -> int:
+        old = InFlight([team(1)])
+        old.enter("billing")
+        new = InFlight([team(1)], previous=old)
+        waiter = asyncio.create_task(new.enter_when_room("billing"))
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        old.leave("billing")  # the request from before the reload ends
+        await asyncio.wait_for(waiter, 1)
+        return new.count("billing")
+
+    assert asyncio.run(scenario()) == 1

@@ -204,11 +204,20 @@ def test_bulk_concurrency_defaults_to_4_and_takes_1_to_64(tmp_path: Path) -> Non
     assert load(tmp_path, "[bulk]\nconcurrency = 64").bulk.concurrency == 64
 
 
+def test_bulk_max_batches_defaults_to_2_and_takes_1_to_64(tmp_path: Path) -> None:
+    assert load(tmp_path, "").bulk.max_batches == 2
+    assert load(tmp_path, "[bulk]\nmax_batches = 1").bulk.max_batches == 1
+    assert load(tmp_path, "[bulk]\nmax_batches = 64").bulk.max_batches == 64
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ("[bulk]\nconcurrency = 0", "bulk.concurrency must be a whole number from 1 to 64, got 0"),
     ("[bulk]\nconcurrency = 65", "bulk.concurrency must be a whole number from 1 to 64, got 65"),
     ('[bulk]\nconcurrency = "4"', 'bulk.concurrency must be a whole number from 1 to 64, got "4"'),
     ("[bulk]\nparallel = 2", "bulk.parallel is not a known key"),
+    ("[bulk]\nmax_batches = 0", "bulk.max_batches must be a whole number from 1 to 64, got 0"),
+    ("[bulk]\nmax_batches = true",
+     "bulk.max_batches must be a whole number from 1 to 64, got true"),
     ("bulk = 3", "bulk must be a table, got 3"),
 ])
 def test_bad_bulk_settings_are_refused_naming_the_key(
