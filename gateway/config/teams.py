@@ -115,8 +115,9 @@ class TeamsParser(Checks):
                 clash = next((other for other in seen if other.endswith("/" + item)
                               and other.count("/") == 2), None)
             if clash is not None:
+                written = "" if clash == item else f" (as {shown(clash)})"
                 raise self.fail(where, f"repeats {shown(item)}, already a service account of "
-                                       f"team {shown(seen[clash])} (as {shown(clash)})")
+                                       f"team {shown(seen[clash])}{written}")
             seen[item] = team
             accounts.append(item)
         return tuple(accounts)
