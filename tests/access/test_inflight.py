@@ -103,3 +103,23 @@ def test_waiters_are_woken_by_a_leave_through_a_reloaded_policy() -> None:
         return new.count("billing")
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_waiting_for_room_counts_from_zero_and_uses_the_default_bound() -> None:
+    async def scenario() -> tuple[int, int, bool]:
+        fresh = InFlight([team(1)])
+        await asyncio.wait_for(fresh.enter_when_room("billing"), 1)  # room at once: 0 < 1
+        unnamed = InFlight([])
+        unnamed.enter("new")
+        unnamed.enter("new")
+        await asyncio.wait_for(unnamed.enter_when_room("new"), 1)
+        for _ in range(TeamConfig.max_in_flight - 3):
+            unnamed.enter("new")
+        waiter = asyncio.create_task(unnamed.enter_when_room("new"))
+        await asyncio.sleep(0.01)
+        waited = not waiter.done()  # at the default bound: it waits
+        unnamed.leave("new")
+        await asyncio.wait_for(waiter, 1)
+        return fresh.count("billing"), unnamed.count("new"), waited
+
+    assert asyncio.run(scenario()) == (1, TeamConfig.max_in_flight, True)

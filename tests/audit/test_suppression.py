@@ -60,7 +60,8 @@ def test_a_client_denied_again_in_a_later_second_gets_its_summary_at_once() -> N
         suppression.admit(denied(401, ts), authenticated=False)
     clock.now = 1003.5
     assert suppression.admit(denied(401, "B0"), authenticated=False)  # a fresh allowance
-    assert [(r["count"], r["first_ts"], r["last_ts"]) for r in written] == [(2, "A1", "A2")]
+    assert [(r["client"], r["count"], r["first_ts"], r["last_ts"]) for r in written] == [
+        ("10.0.0.7", 2, "A1", "A2")]
     assert not suppression.admit(denied(401, "B1"), authenticated=False)
     suppression.sweep(everything=True)  # at shutdown: the current second too
     assert [(r["count"], r["first_ts"], r["last_ts"]) for r in written] == [
@@ -96,3 +97,12 @@ def test_authenticated_refusals_and_other_statuses_are_always_written() -> None:
         assert suppression.admit(denied(status, "A", outcome="forbidden"),
                                  authenticated=False)
     assert (written, noticed) == ([], [])
+
+
+def test_a_records_own_outcome_is_the_one_counted() -> None:
+    suppression, written, clock, _ = make(per_second=1)
+    suppression.admit(denied(401, "A0"), authenticated=False)
+    suppression.admit(denied(400, "A1", outcome="unauthenticated"), authenticated=False)
+    clock.now = 1001.0
+    suppression.sweep()
+    assert written[0]["outcomes"] == {"unauthenticated": 1}
