@@ -54,7 +54,8 @@ def restart_keys(old: Config, new: Config) -> list[str]:
     return changed
 
 
-# A team's config keys that `audit.config` names when they change, in SPEC's order.
+# A team's config keys that `audit.config` names when they change, in the order the docs list
+# them (docs/operating.md).
 TEAM_FIELDS = ("keys", "scope", "enabled", "rate_limit", "burst", "max_in_flight",
                "service_accounts")
 
