@@ -113,6 +113,7 @@ def write_config(
     teams: list[dict[str, Any]] | None = None,
     issuers: list[dict[str, Any]] | None = None,
     traces: Mapping[str, Any] | None = None,
+    bulk: Mapping[str, Any] | None = None,
     token: str | None = UPSTREAM_TOKEN,
 ) -> Path:
     """A config in `folder`; the token goes to `folder/token` unless `token` is None."""
@@ -138,6 +139,8 @@ def write_config(
         data["issuers"] = issuers
     if traces:
         data["traces"] = dict(traces)
+    if bulk:
+        data["bulk"] = dict(bulk)
     path = folder / "config.toml"
     path.write_text(render_toml(data))
     return path

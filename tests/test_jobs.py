@@ -66,11 +66,15 @@ def broken(path: tuple[str, ...], value: object = ...) -> dict[str, Any]:
     broken(("status",)),
     broken(("status",), "exploded"),
     broken(("status",), {"complete": {}, "failed": {}}),
+    broken(("status",), {"pending": {}}),
+    broken(("status",), {"complete": "done"}),
+    broken(("status",), {"failed": None}),
     broken(("created_at",)),
     [JOB],
     "job",
 ], ids=["no-database", "no-collection", "database-not-string", "metadata-not-object", "no-id",
-        "bad-id", "bad-source", "no-status", "unknown-status", "two-states", "no-created-at",
+        "bad-id", "bad-source", "no-status", "unknown-status", "two-states",
+        "plain-state-as-object", "complete-not-object", "failed-null", "no-created-at",
         "a-list", "a-string"])
 def test_anything_but_a_job_is_refused(job: object) -> None:
     with pytest.raises(NotAJob):

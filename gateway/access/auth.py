@@ -29,6 +29,13 @@ JWT_SHAPE = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 class Principal:
     team: str
     key_id: str
+    issuer: str | None = None  # the `[[issuers]]` name that verified a service account's token
+
+
+def account_key_id(entry: str) -> str:
+    """The `key_id` of a `service_accounts` entry: `sa:NAMESPACE/NAME`, whether or not the
+    entry names its issuer (`ISSUER/NAMESPACE/NAME`); records name the issuer on their own."""
+    return "sa:" + "/".join(entry.split("/")[-2:])
 
 
 class Authenticator(Protocol):

@@ -3,7 +3,10 @@
 A caller may present, instead of a team key, the JWT its kubelet projects into the pod. It is
 verified against the public keys of an `[[issuers]]` entry (a JSON Web Key Set read from a
 file), and its `sub`, `system:serviceaccount:NAMESPACE:NAME`, names the service account a team
-lists. The principal's `key_id` is `sa:NAMESPACE/NAME`.
+lists. The principal's `key_id` is `sa:NAMESPACE/NAME`, its `issuer` the issuer's name.
+
+A team's entry `ISSUER/NAMESPACE/NAME` is matched only by tokens of the issuer so named; an
+unqualified `NAMESPACE/NAME`, by any issuer's (two clusters may both have `billing/worker`).
 
 Only RS256 and ES256 are accepted, each only with a key of its own type; the key is chosen by
 the token's `kid`. Keys are parsed once per JWKS load, so a request costs one signature check.
@@ -144,6 +147,7 @@ def _unverified_header(token: bytes) -> dict[str, Any]:
 class ServiceAccount:
     namespace: str
     name: str
+    issuer: str = ""  # the name of the `[[issuers]]` entry that verified it
 
     @property
     def key_id(self) -> str:
@@ -185,6 +189,7 @@ class ServiceAccountAuthenticator:
 
     def __init__(self, issuers: Sequence[IssuerKeys], teams: Sequence[TeamConfig]) -> None:
         self.issuers = tuple(issuers)
+        # "ISSUER/NAMESPACE/NAME" and "NAMESPACE/NAME" entries, told apart by their slashes.
         self._teams = {account: team.name for team in teams for account in team.service_accounts}
 
     def verify(self, token: bytes) -> ServiceAccount:
@@ -197,7 +202,8 @@ class ServiceAccountAuthenticator:
             raise TokenRefused("algorithm not allowed")
         if not isinstance(kid, str):
             raise TokenRefused("no kid")
-        # Kubernetes kids are key hashes, so one issuer holds a kid; should two, `iss` decides.
+        # Kubernetes kids are key hashes, so one issuer holds a kid; should two, the key that
+        # verifies the signature and then `iss` decide.
         candidates = [(i, i.keys[kid]) for i in self.issuers if kid in i.keys]
         if not candidates:
             raise TokenRefused("unknown kid")
@@ -215,13 +221,16 @@ class ServiceAccountAuthenticator:
             except jwt.InvalidIssuerError:
                 refusal = TokenRefused("wrong issuer")
                 continue
+            except jwt.InvalidSignatureError:
+                refusal = TokenRefused("bad signature")  # another issuer's key of that kid?
+                continue
             except jwt.PyJWTError as exc:
                 raise TokenRefused(_REASONS.get(type(exc), f"invalid ({type(exc).__name__})")
                                    ) from None
             subject = SUBJECT_RE.fullmatch(str(verified["sub"]))
             if subject is None:
                 raise TokenRefused("sub is not a service account")
-            return ServiceAccount(subject[1], subject[2])
+            return ServiceAccount(subject[1], subject[2], issuer.config.name)
         raise refusal
 
     def authenticate_credential(self, credential: bytes) -> Principal:
@@ -234,12 +243,13 @@ class ServiceAccountAuthenticator:
             # A library surprise on hostile input is still a refusal, never a 500.
             log.warning("identity.refused", reason=f"unexpected {type(exc).__name__}")
             raise unauthenticated() from None
-        team = self._teams.get(f"{account.namespace}/{account.name}")
+        unqualified = f"{account.namespace}/{account.name}"
+        team = self._teams.get(f"{account.issuer}/{unqualified}") or self._teams.get(unqualified)
         if team is None:
             log.info("identity.refused", reason="service account not listed by a team",
-                     key_id=account.key_id)
+                     key_id=account.key_id, issuer=account.issuer)
             raise unauthenticated()
-        return Principal(team, account.key_id)
+        return Principal(team, account.key_id, account.issuer)
 
 
 def jwks_state(path: str) -> str:

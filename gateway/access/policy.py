@@ -23,6 +23,7 @@ from gateway.access.auth import (
     Principal,
     TeamKeyAuthenticator,
     TeamSwitchAuthorizer,
+    account_key_id,
 )
 from gateway.access.inflight import InFlight
 from gateway.access.limits import TeamLimits
@@ -42,28 +43,44 @@ class Policy:
     limits: TeamLimits
     in_flight: InFlight
     scopes: ScopeAuthorizer
-    key_requests: Mapping[str, Counter]
-    """key_id -> its labelled counter, made here so a request does no label lookup."""
+    key_requests: Mapping[tuple[str, str], Counter]
+    """(team, key_id) -> its labelled counter, made here so a request does no label lookup
+    (a service account's key_id may be two teams', one per issuer)."""
     key_metric: Counter
     # The `[[issuers]]` key sets: kept across reloads (issuers change only with a restart).
     issuers: tuple[IssuerKeys, ...] = ()
 
     def key_used(self, principal: Principal) -> None:
-        counter = self.key_requests.get(principal.key_id)
+        counter = self.key_requests.get((principal.team, principal.key_id))
         if counter is None:  # a credential that is not a configured key (none today)
             counter = self.key_metric.labels(principal.team, principal.key_id)
         counter.inc()
+
+    def still_admits(self, principal: Principal) -> bool:
+        """Whether these teams still let `principal` cancel: its team there and enabled, and
+        its key, or its service account (for its issuer), still the team's. A running bulk
+        cancel asks before each cancel it sends, so a reload stops it."""
+        team = next((t for t in self.teams if t.name == principal.team), None)
+        if team is None or not team.enabled:
+            return False
+        if principal.issuer is not None:
+            account = principal.key_id.removeprefix("sa:")
+            return (account in team.service_accounts
+                    or f"{principal.issuer}/{account}" in team.service_accounts)
+        return any(keys.key_id(stored) == principal.key_id for stored in team.keys)
 
 
 def build_policy(config: Config, metrics: Metrics, *, previous: Policy | None = None) -> Policy:
     """Everything built from `config.teams`; `previous` is the policy a reload replaces."""
     key_requests = {
-        keys.key_id(stored): metrics.key_requests.labels(team.name, keys.key_id(stored))
+        (team.name, keys.key_id(stored)): metrics.key_requests.labels(
+            team.name, keys.key_id(stored))
         for team in config.teams
         for stored in team.keys
     }
     key_requests.update({
-        f"sa:{account}": metrics.key_requests.labels(team.name, f"sa:{account}")
+        (team.name, account_key_id(account)): metrics.key_requests.labels(
+            team.name, account_key_id(account))
         for team in config.teams
         for account in team.service_accounts
     })

@@ -29,9 +29,33 @@ class ScopeAuthorizer:
         if scope is None or not scope.allows(job):
             raise out_of_scope(team)
 
+    def authorize_selector(
+        self, team: str, *, source_id: str | None = None, database_name: str | None = None
+    ) -> None:
+        """Whether a bulk cancel's selector could match anything in the team's scope, else 403
+        `out_of_scope` before anything is listed (a listing would show other teams' ids).
 
-def out_of_scope(team: str) -> RequestRejected:
+        A `database_name` must be a `database:` entry or the database of a `collection:`
+        entry. A `source_id` is refused only when every entry is a `source:` entry and none is
+        that source: with database or collection entries, a source's jobs may lie in them.
+        """
+        scope = self._scopes.get(team)
+        if scope is None:
+            raise out_of_scope(team)
+        if scope.unrestricted:
+            return
+        if database_name is not None:
+            if database_name in scope.databases or any(
+                    database == database_name for database, _ in scope.collections):
+                return
+            raise out_of_scope(team, "this database_name")
+        if source_id is not None and not scope.databases and not scope.collections and (
+                source_id not in scope.sources):
+            raise out_of_scope(team, "this source_id")
+
+
+def out_of_scope(team: str, what: str = "this invocation") -> RequestRejected:
     return RequestRejected(
-        f"team {team!r} may not cancel this invocation: it is outside the team's scope",
+        f"team {team!r} may not cancel {what}: it is outside the team's scope",
         status=403, code="out_of_scope", outcome="forbidden",
     )

@@ -22,6 +22,9 @@ class ItemResult:
     status: int | None  # what a single cancel would have answered; None: nothing was asked
     outcome: str
     error: str | None
+    # False for a job outside the team's scope: counted (in `matched` and `counts`) and
+    # recorded, but not listed in the answer, which must not show other teams' ids.
+    listed: bool = True
 
     def as_json(self) -> dict[str, Any]:
         return {"invocation_id": self.invocation_id, "status": self.status,

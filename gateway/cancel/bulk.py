@@ -2,15 +2,20 @@
 a database.
 
 Checks run in the single cancel's order: authentication (401), authorization (403), the body
-(400 `invalid_request`, naming the field), the team's rate limit (429, taken once for the
-whole batch), the upstream token (503). Then a `batch.started` record, then *all* matching
-pending invocations are listed (`list_jobs`, pages of 100 by offset, oldest first) and only
-then cancelled: cancelling while paging by offset would shift the pages and skip invocations.
+(400 `invalid_request`, naming the field), whether the selector can match anything in the
+team's scope (403 `out_of_scope`), the team's rate limit (429, taken once for the whole
+batch), its running batches (`bulk.max_batches`, 429), the upstream token (503). Then a
+`batch.started` record, then *all* matching pending invocations are listed (`list_jobs`, pages
+of 100 by offset, oldest first) and only then cancelled: cancelling while paging by offset
+would shift the pages and skip invocations.
 
-Each listed invocation is an ordinary cancel (`CancelPipeline.forward`, `CancelPipeline.finish`):
-scope checked from the list's own metadata, attempt record before its PUT, result after, with
-the batch's `batch_id`; at most `bulk.concurrency` at once. A `batch.result` record closes the
-batch, whatever its end.
+Each listed invocation is an ordinary cancel (`CancelPipeline.forward`, `CancelPipeline.finish`)
+under the live policy: before each one the batch re-reads the current teams (a removed key or
+a disabled team stops the rest, a narrowed scope skips what it no longer covers), waits for
+room under the team's `max_in_flight`, then sends it: attempt record before its PUT, result
+after, with the batch's `batch_id`; at most `bulk.concurrency` at once. Jobs outside the scope
+are counted and recorded but not listed in the answer. A `batch.result` record closes the
+batch, whatever its end, with the status the caller was answered.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 from gateway.access.auth import Principal
 from gateway.access.scopes import ScopeAuthorizer
 from gateway.asgi import (
+    TIMED_OUT,
     ClientGone,
     Exchange,
     Receive,
@@ -67,7 +73,8 @@ async def handle(
     error: str | None = "internal_error"
     failure: GatewayError | None = None
     close = False
-    policy = pipeline.policy  # once: a reload mid-batch does not change its rules
+    slot: str | None = None  # the team whose running batches this one counts in
+    policy = pipeline.policy  # its checks; each cancel re-reads the live one (`_run`)
     try:
         principal = batch.principal = policy.authenticator.authenticate(headers)
         exchange.team = principal.team
@@ -79,7 +86,11 @@ async def handle(
         except RequestRejected:
             close = True  # the body may be left unread: don't read the rest of it
             raise
+        policy.scopes.authorize_selector(principal.team, source_id=request.source_id,
+                                         database_name=request.database_name)
         pipeline.check_rate(policy, principal.team)
+        pipeline.batches.take(principal.team)
+        slot = principal.team
         token = pipeline.upstream_token()
         probe = pipeline.breaker.admit()  # open: 503 `upstream_unavailable`, nothing listed
         try:
@@ -90,19 +101,20 @@ async def handle(
                 pipeline.breaker.end_probe()
         batch.matched, batch.truncated = len(listing.jobs), listing.truncated
         results = [None] * len(listing.jobs)
-        await _run(pipeline, policy.scopes, batch, principal, request, listing.jobs, token,
-                   results)
+        await _run(pipeline, batch, principal, request, listing.jobs, token, results)
         status, error = 200, None
         body = json.dumps({
             "batch_id": batch.batch_id, "dry_run": request.dry_run, "matched": batch.matched,
             "truncated": batch.truncated, "counts": counts_of(results),
-            "results": [r.as_json() for r in results if r is not None],
+            "results": [r.as_json() for r in results if r is not None and r.listed],
         }).encode("utf-8")
         await _write_result(pipeline, batch, status=status, error=error, results=results)
         await send_response(send, 200, body, [])
         return
     except ClientGone:
         status, error = 499, "client_disconnected"
+        if scope.get(TIMED_OUT):  # the protocol answered 408 and closed: so is it recorded
+            status, error = 408, "request_timeout"
     except GatewayError as exc:
         status, error, failure = exc.status, exc.code, exc
     except asyncio.CancelledError:
@@ -113,6 +125,9 @@ async def handle(
     except Exception:
         log.exception("bulk.internal_error", request_id=batch.request_id)
         failure = GatewayError("internal error")
+    finally:
+        if slot is not None:
+            pipeline.batches.give_back(slot)
     if failure is not None:
         try:
             await send_error(send, failure, close=close)
@@ -151,40 +166,62 @@ async def _listing(pipeline: CancelPipeline, request: BulkRequest, token: str, r
 
 
 async def _run(
-    pipeline: CancelPipeline, scopes: ScopeAuthorizer, batch: Batch, principal: Principal,
-    request: BulkRequest, jobs: tuple[Job, ...], token: str, results: list[ItemResult | None],
+    pipeline: CancelPipeline, batch: Batch, principal: Principal, request: BulkRequest,
+    jobs: tuple[Job, ...], token: str, results: list[ItemResult | None],
 ) -> None:
     """Every listed job, at most `bulk.concurrency` at once, `results` filled in place (so
     that what finished is known if the batch is cut off)."""
     queue = iter(enumerate(jobs))
-    restricted = scopes.needs_lookup(principal.team)
+    stopped = False  # the key went or the team was disabled: nothing more is sent
 
     async def worker() -> None:
+        nonlocal stopped
         for index, job in queue:  # one shared iterator: each job is taken once
-            refusal = _out_of_scope(scopes, principal, job) if restricted else None
-            if refusal is None and not request.dry_run and pipeline.draining:
-                # SIGTERM: what is in flight finishes, nothing new starts.
-                refusal = ItemResult(job.id, 503, "unavailable", "shutdown")
+            if request.dry_run:
+                results[index] = (_out_of_scope(pipeline.policy.scopes, principal, job)
+                                  or ItemResult(job.id, None, WOULD_CANCEL, None))
+                continue
+            if stopped:
+                forbidden = results[index] = ItemResult(job.id, 403, "forbidden", "forbidden")
+                await _refused(pipeline, batch, principal, index, job, forbidden)
+                continue
+            # Room first, then the live policy: a batch that waited for room obeys the rules
+            # in force when its cancel leaves, not those of when it started waiting.
+            in_flight = pipeline.policy.in_flight
+            await in_flight.enter_when_room(principal.team)
+            try:
+                live = pipeline.policy
+                refusal: ItemResult | None = None
+                if not live.still_admits(principal):
+                    stopped = True
+                    refusal = ItemResult(job.id, 403, "forbidden", "forbidden")
+                else:
+                    refusal = _out_of_scope(live.scopes, principal, job)
+                if refusal is None and pipeline.draining:
+                    # SIGTERM: what is in flight finishes, nothing new starts.
+                    refusal = ItemResult(job.id, 503, "unavailable", "shutdown")
+                if refusal is None:
+                    results[index] = await _cancel_one(pipeline, batch, principal, index, job,
+                                                       token)
+            finally:
+                in_flight.leave(principal.team)
             if refusal is not None:
                 results[index] = refusal
-                if not request.dry_run:
-                    await _refused(pipeline, batch, principal, index, job, refusal)
-            elif request.dry_run:
-                results[index] = ItemResult(job.id, None, WOULD_CANCEL, None)
-            else:
-                results[index] = await _cancel_one(pipeline, batch, principal, index, job,
-                                                   token)
+                await _refused(pipeline, batch, principal, index, job, refusal)
 
     workers = min(pipeline.config.bulk.concurrency, len(jobs))
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
 def _out_of_scope(scopes: ScopeAuthorizer, principal: Principal, job: Job) -> ItemResult | None:
-    """The scope check of a single cancel, from the listed metadata (no lookup)."""
+    """The scope check of a single cancel, from the listed metadata (no lookup); a job
+    outside it is counted but not listed."""
+    if not scopes.needs_lookup(principal.team):
+        return None
     try:
         scopes.authorize_job(principal.team, job.context)
     except RequestRejected as exc:
-        return ItemResult(job.id, exc.status, exc.outcome, exc.code)
+        return ItemResult(job.id, exc.status, exc.outcome, exc.code, listed=False)
     return None
 
 

@@ -11,6 +11,9 @@ from typing import Any
 from gateway.access.auth import Principal
 from gateway.audit.timestamps import utc_timestamp
 from gateway.jobs import JobContext
+from gateway.upstream import redaction
+
+REDACTED = "[redacted]"  # a job's name or source that holds the upstream token
 
 
 @dataclass
@@ -39,8 +42,12 @@ class Cancellation:
 
 def cancel_record(
     event: str, cancel: Cancellation, *, outcome: str, status: int | None, error: str | None,
+    secrets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A `cancel.attempt` or `cancel.result` record of `cancel` as it stands now."""
+    """A `cancel.attempt` or `cancel.result` record of `cancel` as it stands now.
+
+    What the job touches is upstream's text: a value holding one of `secrets` (the token, in
+    any form `gateway.upstream.redaction` knows) is recorded as "[redacted]"."""
     principal, context = cancel.principal, cancel.context
     record: dict[str, Any] = {
         "ts": utc_timestamp(),
@@ -49,6 +56,7 @@ def cancel_record(
         "invocation_id": cancel.invocation_id,
         "team": principal.team if principal else None,
         "key_id": principal.key_id if principal else None,
+        "issuer": principal.issuer if principal else None,
         "client": cancel.client,
         "outcome": outcome,
         "status": status,
@@ -56,9 +64,9 @@ def cancel_record(
         "upstream_status": None if event == "cancel.attempt" else cancel.upstream_status,
         "error": error,
         "duration_ms": round((time.perf_counter() - cancel.started) * 1000, 3),
-        "database": context.database if context else None,
-        "collection": context.collection if context else None,
-        "source_id": context.source_id if context else None,
+        "database": _upstream_text(context.database, secrets) if context else None,
+        "collection": _upstream_text(context.collection, secrets) if context else None,
+        "source_id": _upstream_text(context.source_id, secrets) if context else None,
     }
     if event == "cancel.attempt":
         record["attempt"] = cancel.tries
@@ -68,3 +76,7 @@ def cancel_record(
     if cancel.batch_id is not None:
         record["batch_id"] = cancel.batch_id
     return record
+
+
+def _upstream_text(value: str | None, secrets: tuple[str, ...]) -> str | None:
+    return REDACTED if value is not None and redaction.holds(value, secrets) else value

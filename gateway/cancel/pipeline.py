@@ -18,6 +18,7 @@ import re
 
 import structlog
 
+from gateway.access.batches import BatchSlots
 from gateway.access.policy import Policy
 from gateway.asgi import (
     IN_PROGRESS,
@@ -82,6 +83,7 @@ class CancelPipeline:
         self.traces = traces
         self.retry_policy = retry.RetryPolicy(config.upstream.retries, config.upstream.deadline)
         self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
+        self.batches = BatchSlots(config.bulk.max_batches)  # bulk cancels running, by team
 
     async def cancel(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange, raw_id: bytes,
@@ -184,6 +186,11 @@ class CancelPipeline:
                 "the gateway has no valid upstream token", code="token_unavailable")
         return token
 
+    def secrets(self) -> tuple[str, ...]:
+        """What upstream text in records must not hold: the current token, if there is one."""
+        token = self.token.value
+        return (token,) if token else ()
+
     async def forward(self, cancel: Cancellation, token: str) -> mapping.Reply:
         """What every cancel goes through: for each try, its durable attempt record, then the
         PUT, mapped; retried when safe and settled by a lookup when ambiguous (`retry`)."""
@@ -193,8 +200,8 @@ class CancelPipeline:
         sender = retry.Sender(
             cancel, self.retry_policy, started=cancel.started,
             record_attempt=traced("audit.commit", lambda: self.audit.write(cancel_record(
-                "cancel.attempt", cancel, outcome="pending", status=None, error=None),
-                alone=cancel.alone)),
+                "cancel.attempt", cancel, outcome="pending", status=None, error=None,
+                secrets=(token,)), alone=cancel.alone)),
             put=traced("cancel", lambda timeout: self._put(
                 cancel.invocation_id, token, cancel.request_id, timeout)),
             look_up=traced("get_job", lambda timeout: self._settle(
@@ -208,6 +215,7 @@ class CancelPipeline:
         self.audit.write_later(cancel_record(
             "cancel.result", cancel, status=None, error="shutdown",
             outcome="upstream_error" if cancel.forwarded else "unavailable",
+            secrets=self.secrets(),
         ))
 
     async def finish(
@@ -217,7 +225,7 @@ class CancelPipeline:
         team = cancel.principal.team if cancel.principal else ""
         self.metrics.cancels.labels(outcome, team).inc()
         result = cancel_record("cancel.result", cancel, outcome=outcome, status=status,
-                               error=error)
+                               error=error, secrets=self.secrets())
         if self.denied.admit(result, authenticated=cancel.principal is not None):
             with contextlib.suppress(AuditUnavailable):
                 await self.audit.write(result, retain=True, durable=False)

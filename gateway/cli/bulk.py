@@ -139,6 +139,8 @@ def _report(response: httpx.Response, dry_run: bool, out: TextIO, err: TextIO) -
               file=out)
     counts = answer.get("counts")
     counts = counts if isinstance(counts, dict) else {}
+    # Out-of-scope invocations are counted but not listed: the counts decide too.
+    all_done = all_done and all(outcome in wanted for outcome, n in counts.items() if n)
     summary = ", ".join(f"{outcome} {n}" for outcome, n in counts.items()) or "nothing to do"
     print(f"batch {answer.get('batch_id')}{' (dry run)' if dry_run else ''}: "
           f"matched {answer.get('matched')}: {summary}", file=out)

@@ -87,7 +87,7 @@ def parse(data: Mapping[str, Any], *, source: str = DEFAULT_CONFIG) -> Config:
         server=sections.server(data),
         upstream=sections.upstream(data),
         audit=sections.audit(data),
-        teams=teams.teams(data, has_issuers=bool(issuers)),
+        teams=teams.teams(data, issuers=frozenset(i.name for i in issuers)),
         issuers=issuers,
         bulk=sections.bulk(data),
         traces=sections.traces(data),

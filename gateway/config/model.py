@@ -62,7 +62,8 @@ class TeamConfig:
     name: str
     keys: tuple[str, ...]
     scope: Scope = UNRESTRICTED
-    service_accounts: tuple[str, ...] = ()  # "NAMESPACE/NAME", verified by an [[issuers]] entry
+    # "NAMESPACE/NAME" (any [[issuers]] entry's tokens) or "ISSUER/NAMESPACE/NAME" (that one's)
+    service_accounts: tuple[str, ...] = ()
     enabled: bool = True
     rate_limit: float = 50.0
     burst: int = 100
@@ -72,6 +73,7 @@ class TeamConfig:
 @dataclass(frozen=True)
 class BulkConfig:
     concurrency: int = 4  # cancels of one bulk cancel in flight at once
+    max_batches: int = 2  # bulk cancels of one team running at once
 
 
 @dataclass(frozen=True)

@@ -61,4 +61,11 @@ def strict_findings(cfg: Config) -> Findings:
                 f"{where}: teams[{index}].scope: team {team.name!r} is unrestricted "
                 '(["*"]): it may cancel anything the upstream token reaches'
             )
+        if len(cfg.issuers) > 1:
+            for place, account in enumerate(team.service_accounts):
+                if account.count("/") == 1:
+                    warnings.append(
+                        f"{where}: teams[{index}].service_accounts[{place}]: {account!r} is "
+                        f"matched by the tokens of every issuer ({len(cfg.issuers)} are "
+                        f"configured); write ISSUER/{account} to trust one")
     return Findings(tuple(problems), tuple(warnings))

@@ -28,10 +28,12 @@ class SectionParser(Checks):
     """Each section's table: its keys, their values, and the rules between them."""
 
     def bulk(self, data: Mapping[str, Any]) -> BulkConfig:
-        t = self.table(data, "bulk", {"concurrency"})
+        t = self.table(data, "bulk", {"concurrency", "max_batches"})
         return BulkConfig(
             concurrency=self.get(t, "bulk", "concurrency", lambda k, v: self.count(k, v, 1, 64),
                                  BulkConfig.concurrency),
+            max_batches=self.get(t, "bulk", "max_batches", lambda k, v: self.count(k, v, 1, 64),
+                                 BulkConfig.max_batches),
         )
 
     def traces(self, data: Mapping[str, Any]) -> TracesConfig:

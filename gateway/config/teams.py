@@ -16,14 +16,18 @@ TEAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Kubernetes names: a namespace is a DNS-1123 label, a service account a DNS-1123 subdomain.
 SERVICE_ACCOUNT_RE = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+# An entry is "NAMESPACE/NAME" (any issuer's tokens) or "ISSUER/NAMESPACE/NAME" (that one's).
+QUALIFIED_ACCOUNT_RE = re.compile(r"(?P<issuer>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
+                                  r"(?P<account>" + SERVICE_ACCOUNT_RE.pattern + ")")
 
 
 class TeamsParser(Checks):
     """The arrays of tables: each entry's keys, and what must not repeat across entries."""
 
     def teams(
-        self, data: Mapping[str, Any], *, has_issuers: bool = False
+        self, data: Mapping[str, Any], *, issuers: frozenset[str] = frozenset()
     ) -> tuple[TeamConfig, ...]:
+        """`issuers`: the `[[issuers]]` names, which qualified service accounts must name."""
         raw = data.get("teams")
         if raw is None:
             raise self.fail("teams", "is required: at least one [[teams]] table")
@@ -57,7 +61,7 @@ class TeamsParser(Checks):
             if "service_accounts" in entry:
                 accounts = self.service_accounts(
                     f"{prefix}.service_accounts", entry["service_accounts"], name, seen_accounts,
-                    has_issuers=has_issuers,
+                    issuers=issuers,
                 )
             keys: tuple[str, ...] = ()
             if "keys" in entry or not accounts:
@@ -85,23 +89,35 @@ class TeamsParser(Checks):
         return tuple(teams)
 
     def service_accounts(
-        self, key: str, value: object, team: str, seen: dict[str, str], *, has_issuers: bool
+        self, key: str, value: object, team: str, seen: dict[str, str], *,
+        issuers: frozenset[str],
     ) -> tuple[str, ...]:
         if not isinstance(value, list) or not value:
             raise self.fail(key, f'must be a non-empty array of "NAMESPACE/NAME", got '
                                  f"{shown(value)}")
-        if not has_issuers:
+        if not issuers:
             raise self.fail(key, "needs an [[issuers]] entry to verify the accounts' tokens")
         accounts: list[str] = []
         for index, item in enumerate(value):
             where = f"{key}[{index}]"
-            if not isinstance(item, str) or not SERVICE_ACCOUNT_RE.fullmatch(item):
-                raise self.fail(
-                    where, f'must be "NAMESPACE/NAME" (Kubernetes names), got {shown(item)}')
-            if item in seen:
-                # One account, one team: otherwise its key_id would name two principals.
+            qualified = QUALIFIED_ACCOUNT_RE.fullmatch(item) if isinstance(item, str) else None
+            if not isinstance(item, str) or not (SERVICE_ACCOUNT_RE.fullmatch(item) or qualified):
+                raise self.fail(where, 'must be "NAMESPACE/NAME" or "ISSUER/NAMESPACE/NAME" '
+                                       f"(Kubernetes names), got {shown(item)}")
+            if qualified is not None and qualified["issuer"] not in issuers:
+                raise self.fail(where, f"names issuer {shown(qualified['issuer'])}, which no "
+                                       "[[issuers]] entry is")
+            # One account, one team: otherwise its key_id would name two principals. An
+            # unqualified entry and a qualified one of the same account overlap too.
+            account = qualified["account"] if qualified is not None else item
+            clash = next((other for other in (item, account) if other in seen), None)
+            if clash is None and qualified is None:
+                clash = next((other for other in seen if other.endswith("/" + item)
+                              and other.count("/") == 2), None)
+            if clash is not None:
+                written = "" if clash == item else f" (as {shown(clash)})"
                 raise self.fail(where, f"repeats {shown(item)}, already a service account of "
-                                       f"team {shown(seen[item])}")
+                                       f"team {shown(seen[clash])}{written}")
             seen[item] = team
             accounts.append(item)
         return tuple(accounts)

@@ -54,10 +54,17 @@ def restart_keys(old: Config, new: Config) -> list[str]:
     return changed
 
 
+# A team's config keys that `audit.config` names when they change, in the order the docs list
+# them (docs/operating.md).
+TEAM_FIELDS = ("keys", "scope", "enabled", "rate_limit", "burst", "max_in_flight",
+               "service_accounts")
+
+
 def team_changes(
     old: Sequence[TeamConfig], new: Sequence[TeamConfig]
-) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
-    """`added` and `removed` (teams and key_ids), and the teams kept whose settings changed."""
+) -> tuple[dict[str, list[str]], dict[str, list[str]], list[dict[str, Any]]]:
+    """`added` and `removed` (teams and key_ids), and `changed`: each team kept whose settings
+    changed, with what changed (so moving a key between teams or widening a scope shows)."""
     old_teams = {t.name: t for t in old}
     new_teams = {t.name: t for t in new}
     old_keys = {keys.key_id(k) for t in old for k in t.keys}
@@ -66,9 +73,31 @@ def team_changes(
              "key_ids": sorted(new_keys - old_keys)}
     removed = {"teams": sorted(old_teams.keys() - new_teams.keys()),
                "key_ids": sorted(old_keys - new_keys)}
-    changed = sorted(name for name in old_teams.keys() & new_teams.keys()
-                     if old_teams[name] != new_teams[name])
+    changed = [change for name in sorted(old_teams.keys() & new_teams.keys())
+               if (change := team_change(old_teams[name], new_teams[name])) is not None]
     return added, removed, changed
+
+
+def team_change(before: TeamConfig, after: TeamConfig) -> dict[str, Any] | None:
+    """What changed in one team, or None. Keys, scope and service accounts are sets: a new
+    order of the same entries is no change."""
+    keys_before = {keys.key_id(k) for k in before.keys}
+    keys_after = {keys.key_id(k) for k in after.keys}
+    differs = {
+        "keys": keys_before != keys_after,
+        "scope": before.scope != after.scope,
+        "service_accounts": set(before.service_accounts) != set(after.service_accounts),
+    }
+    fields = [name for name in TEAM_FIELDS
+              if differs.get(name, getattr(before, name) != getattr(after, name))]
+    if not fields:
+        return None
+    return {
+        "team": after.name, "fields": fields,
+        "keys_added": sorted(keys_after - keys_before),
+        "keys_removed": sorted(keys_before - keys_after),
+        "scope_before": before.scope.entries(), "scope_after": after.scope.entries(),
+    }
 
 
 def _read(path: str) -> bytes:

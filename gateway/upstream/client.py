@@ -69,8 +69,10 @@ class UpstreamClient:
         self._list_url = config.base_url + LIST_PATH
         self._deadline = config.timeout
         self.transport_name = transport
-        # Told of every exchange: True when it failed (transport error, timeout or 5xx).
-        self.on_exchange: Callable[[bool], None] | None = None
+        # Told of every exchange: True when it failed (transport error, timeout or 5xx), and
+        # when it started (`time.monotonic()`): the circuit breaker ignores answers to exchanges
+        # that began before it last opened.
+        self.on_exchange: Callable[[bool, float], None] | None = None
         # Headers that carry the current trace upstream (`traceparent`), when tracing is on.
         self.trace_headers: Callable[[], list[tuple[str, str]]] | None = None
         context = ssl_context(config.ca_file)
@@ -150,6 +152,7 @@ class UpstreamClient:
             headers += self.trace_headers()
         request = httpx.Request(method, url, headers=headers, extensions=self._extensions)
         started = time.perf_counter()
+        began = time.monotonic()
         seconds = self._deadline if timeout is None else min(timeout, self._deadline)
         try:
             async with asyncio.timeout(seconds):
@@ -159,33 +162,33 @@ class UpstreamClient:
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
-            self._report(True)
+            self._report(True, began)
             raise UpstreamFailure(
                 f"Chroma Sync did not answer within {seconds:g} s",
                 status=504,
                 code="upstream_timeout",
             ) from exc
         except UpstreamFailure:
-            self._report(True)
+            self._report(True, began)
             raise
         except ResponseTooLarge as exc:
-            self._report(True)
+            self._report(True, began)
             raise UpstreamFailure("Chroma Sync sent a response body over 64 KiB") from exc
         except self._errors as exc:
-            self._report(True)
+            self._report(True, began)
             failure = UpstreamFailure(
                 f"Chroma Sync could not be reached or sent a broken response ({_kind(exc)})"
             )
             failure.sent = not _never_sent(exc)
             raise failure from exc
-        self._report(500 <= response.status_code <= 599)
+        self._report(500 <= response.status_code <= 599, began)
         return UpstreamAnswer(
             response.status_code, response.headers, body, time.perf_counter() - started
         )
 
-    def _report(self, failed: bool) -> None:
+    def _report(self, failed: bool, began: float) -> None:
         if self.on_exchange is not None:
-            self.on_exchange(failed)
+            self.on_exchange(failed, began)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

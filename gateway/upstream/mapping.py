@@ -64,7 +64,7 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
         if not isinstance(parsed, dict) or _holds_secret(answer.body, parsed, secrets):
             parsed = {}
         # ASCII escapes: upstream JSON may hold lone surrogates, which UTF-8 can't encode.
-        body = json.dumps(parsed).encode("ascii")
+        body = json.dumps(parsed).encode()
         return Reply(202, body, "cancelled", None, status)
     if status in PASSED_THROUGH:
         code, outcome = PASSED_THROUGH[status]
@@ -133,9 +133,9 @@ def upstream_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
     if parsed is not None:
         text = str(parsed["message"])
     else:
-        text = body.decode("utf-8", "replace").strip() or "no message"
+        text = body.decode(errors="replace").strip() or "no message"
     # Control characters and lone surrogates go first, so neither can hide a secret.
-    text = _CONTROL.sub("", text).encode("utf-8", "replace").decode("utf-8")
+    text = _CONTROL.sub("", text).encode(errors="replace").decode()
     if redaction.holds(text, secrets):
         return WITHHELD  # the whole text: a token in any form, or a piece of it, never shows
     return text[:MAX_UPSTREAM_MESSAGE]
@@ -152,7 +152,7 @@ def _holds_secret(body: bytes, parsed: object, secrets: tuple[str, ...]) -> bool
     `gateway.upstream.redaction` knows (letter case, a 16-character piece, base64, hex)."""
     if not any(secrets):
         return False
-    texts = [body.decode("utf-8", "replace"), *_json_strings(parsed)]
+    texts = [body.decode(errors="replace"), *_json_strings(parsed)]
     return any(redaction.holds(text, secrets) for text in texts)
 
 

@@ -42,17 +42,16 @@ class Forms:
         return any(lowered[i:i + PIECE] in self.pieces for i in range(len(lowered) - PIECE + 1))
 
 
-@functools.lru_cache(maxsize=8)
-def forms_of(token: str) -> Forms:
+def _forms(token: str) -> Forms:
     lowered = token.lower()
     size = min(PIECE, len(lowered))
     pieces = frozenset(lowered[i:i + size] for i in range(len(lowered) - size + 1))
-    raw = token.encode("utf-8")
+    raw = token.encode()
     encoded: list[str] = []
     for shift in range(3):
         # The token's base64 inside a longer encoded string (`Bearer <token>`, JSON, ...)
         # depends on its offset modulo 3: keep the characters that only the token decides.
-        text = base64.b64encode(b"\0" * shift + raw).decode("ascii")
+        text = base64.b64encode(b"\0" * shift + raw).decode()
         lead = (shift * 8 + 5) // 6  # characters touched by the prefix bytes
         end = (shift + len(raw)) * 8 // 6  # and after this, by whatever follows
         core = text[lead:end]
@@ -60,12 +59,17 @@ def forms_of(token: str) -> Forms:
             encoded.append(core)
             encoded.append(core.replace("+", "-").replace("/", "_"))
     if not encoded:  # a very short token: its plain encoding is all there is
-        encoded.append(base64.b64encode(raw).decode("ascii").rstrip("="))
+        encoded.append(base64.b64encode(raw).decode().rstrip("="))
     forms = tuple(dict.fromkeys(encoded))
     shortest = min(size, *(len(core) for core in forms))
     blocks = tuple(lowered[i:i + PIECE // 2] for i in range(0, len(lowered) - PIECE // 2 + 1,
                                                              PIECE // 2))
     return Forms(pieces, forms, raw.hex(), shortest, blocks)
+
+
+# Cached on the value: worked out once per token (a rotation gets new ones). Wrapped here rather
+# than decorated, so that mutation testing (which leaves decorated functions alone) covers it.
+forms_of = functools.lru_cache(maxsize=8)(_forms)
 
 
 def holds(text: str, secrets: tuple[str, ...]) -> bool:

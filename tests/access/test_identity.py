@@ -29,6 +29,7 @@ from gateway.access.identity import (
     ServiceAccount,
     ServiceAccountAuthenticator,
     TokenRefused,
+    jwks_state,
     parse_jwks,
 )
 from gateway.config.model import IssuerConfig, TeamConfig
@@ -125,6 +126,21 @@ def test_a_key_without_kid_is_skipped() -> None:
     assert key_set.skipped == ("keys[1]: no kid",)
 
 
+def test_keys_after_a_key_without_kid_are_still_read() -> None:
+    jwk = RSA.jwk()
+    del jwk["kid"]
+    key_set = parse_jwks(jwks(jwk, EC, OTHER_RSA))
+    assert sorted(key_set.keys) == ["ec-1", "rsa-other"]
+    assert key_set.skipped == ("keys[0]: no kid",)
+
+
+@pytest.mark.parametrize("kid", ["", 7, None, ["rsa-1"], "x" * 257, "tab\there"])
+def test_a_key_whose_kid_is_empty_or_not_a_printable_string_is_skipped(kid: object) -> None:
+    key_set = parse_jwks(jwks(EC, RSA.jwk(kid=kid)))
+    assert list(key_set.keys) == ["ec-1"]
+    assert key_set.skipped == ("keys[1]: no kid",)
+
+
 @pytest.mark.parametrize(("document", "problem"), [
     (b"not json", "not a JSON document"),
     (b"\xff\xfe", "not a JSON document"),
@@ -165,7 +181,7 @@ def test_a_problem_never_holds_key_material() -> None:
 def test_a_token_signed_by_a_key_of_the_set_names_its_service_account(
     accounts: ServiceAccountAuthenticator, key: SigningKey
 ) -> None:
-    assert accounts.verify(key.token().encode()) == ServiceAccount("billing", "worker")
+    assert accounts.verify(key.token().encode()) == ServiceAccount("billing", "worker", "prod")
 
 
 def test_an_audience_given_as_a_string_is_accepted(accounts: ServiceAccountAuthenticator) -> None:
@@ -197,7 +213,8 @@ def test_a_service_account_maps_to_its_team_with_an_sa_key_id(
 ) -> None:
     principal = accounts.authenticate_credential(EC.token(sub="system:serviceaccount:ops:runner")
                                                  .encode())
-    assert (principal.team, principal.key_id) == ("ops", "sa:ops/runner")
+    assert (principal.team, principal.key_id, principal.issuer) == ("ops", "sa:ops/runner",
+                                                                      "prod")
 
 
 # -- verification: every refusal ------------------------------------------------------------
@@ -535,3 +552,136 @@ def test_check_config_lists_issuers_with_their_kids_and_each_teams_accounts(
     assert f"  prod: iss {ISSUER}, audience {AUDIENCE}, jwks {good}: kids ec-1, rsa-1\n" in out
     assert f"jwks {bad}: NOT USABLE: no usable RS256 or ES256 signing key\n" in out
     assert RSA.jwk()["n"][:20] not in out
+
+
+# -- tokens whose kid is not a usable string -------------------------------------------------
+
+
+@pytest.mark.parametrize(("kid", "reason"), [
+    (7, "no kid"), (None, "no kid"), (["rsa-1"], "no kid"), ("", "unknown kid"),
+])
+def test_a_token_whose_kid_is_not_a_known_string_is_refused(
+    accounts: ServiceAccountAuthenticator, kid: object, reason: str
+) -> None:
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    if isinstance(kid, str):  # PyJWT signs no other kid
+        assert refusal(accounts, RSA.token(headers={"kid": kid})) == reason
+    assert refusal(accounts, hand_made(header, claims())) == reason
+
+
+# -- several issuers (issue 17, finding 8) -----------------------------------------------------
+
+STAGING_ISSUER = "https://staging.cluster.example"
+
+
+def issuer_keys(tmp_path: Path, name: str, *signing: SigningKey) -> IssuerKeys:
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(jwks(*signing))
+    iss = ISSUER if name == "prod" else STAGING_ISSUER
+    found = IssuerKeys(IssuerConfig(name, iss, AUDIENCE, str(path)),
+                       WatchedFile(str(path), what=f"issuer {name} JWKS"))
+    found.file.load()
+    found.adopt()
+    return found
+
+
+def two_clusters(tmp_path: Path, prod: SigningKey, staging: SigningKey
+                 ) -> ServiceAccountAuthenticator:
+    teams = (TeamConfig("billing", (), service_accounts=("prod/billing/worker",)),
+             TeamConfig("ops", (), service_accounts=("ops/runner",)))
+    return ServiceAccountAuthenticator(
+        [issuer_keys(tmp_path, "prod", prod), issuer_keys(tmp_path, "staging", staging)], teams)
+
+
+def test_an_issuer_qualified_account_is_matched_only_by_that_issuers_tokens(
+    tmp_path: Path,
+) -> None:
+    """A second cluster's `billing/worker` got team `billing`: now only prod's does."""
+    staging_key = rsa_key("rsa-staging")
+    accounts = two_clusters(tmp_path, RSA, staging_key)
+    principal = accounts.authenticate_credential(RSA.token().encode())
+    assert (principal.team, principal.key_id, principal.issuer) == (
+        "billing", "sa:billing/worker", "prod")
+    from_staging = staging_key.token(iss=STAGING_ISSUER).encode()
+    assert accounts.verify(from_staging) == ServiceAccount("billing", "worker", "staging")
+    with pytest.raises(RequestRejected) as caught:
+        accounts.authenticate_credential(from_staging)
+    assert caught.value.status == 401
+
+
+def test_an_unqualified_account_is_matched_by_every_issuer(tmp_path: Path) -> None:
+    staging_key = ec_key("ec-staging")
+    accounts = two_clusters(tmp_path, RSA, staging_key)
+    runner = "system:serviceaccount:ops:runner"
+    for token, issuer_name in ((RSA.token(sub=runner), "prod"),
+                               (staging_key.token(sub=runner, iss=STAGING_ISSUER), "staging")):
+        principal = accounts.authenticate_credential(token.encode())
+        assert (principal.team, principal.issuer) == ("ops", issuer_name)
+
+
+def test_two_issuers_sharing_a_kid_each_verify_their_own_tokens(tmp_path: Path) -> None:
+    prod_key, staging_key = rsa_key("shared"), rsa_key("shared")  # same kid, other keys
+    accounts = two_clusters(tmp_path, prod_key, staging_key)
+    assert accounts.verify(prod_key.token().encode()).issuer == "prod"
+    staging_token = staging_key.token(iss=STAGING_ISSUER).encode()
+    assert accounts.verify(staging_token).issuer == "staging"
+    forged = OTHER_RSA.token(headers={"kid": "shared"}).encode()
+    assert refusal(accounts, forged) == "bad signature"
+
+
+def test_the_same_key_under_two_issuers_is_told_apart_by_iss(tmp_path: Path) -> None:
+    accounts = two_clusters(tmp_path, RSA, RSA)
+    assert accounts.verify(RSA.token().encode()).issuer == "prod"
+    assert accounts.verify(RSA.token(iss=STAGING_ISSUER).encode()).issuer == "staging"
+    assert refusal(accounts, RSA.token(iss="https://elsewhere").encode()) == "wrong issuer"
+
+
+# -- edges mutation testing found unchecked -------------------------------------------------
+
+
+def test_a_kid_of_256_characters_is_kept_and_each_key_knows_its_kid() -> None:
+    long_kid = "k" * 256
+    key_set = parse_jwks(jwks(RSA.jwk(kid=long_kid), EC))
+    assert sorted(key_set.keys) == sorted(["ec-1", long_kid])
+    assert all(key.kid == kid for kid, key in key_set.keys.items())
+
+
+def test_a_token_of_exactly_the_size_cap_is_not_refused_for_its_size(
+    accounts: ServiceAccountAuthenticator,
+) -> None:
+    # Padding of n characters grows the payload's base64 by about 4n/3 characters; a header
+    # field of 0 to 3 characters reaches the lengths the payload alone skips.
+    base = len(rs(padding=""))
+    near = (MAX_JWT_BYTES - base) * 3 // 4
+    sizes = {len(RSA.token(headers={"h": "h" * h}, padding="p" * n)): (h, n)
+             for h in range(4) for n in range(near - 6, near + 3)}
+    h, n = sizes[MAX_JWT_BYTES]
+    token = RSA.token(headers={"h": "h" * h}, padding="p" * n)
+    assert len(token) == MAX_JWT_BYTES
+    assert accounts.verify(token.encode()) == ServiceAccount("billing", "worker", "prod")
+
+
+@pytest.mark.parametrize("header", [b"W10", b"bm90IGpzb24", b"\xff\xfe"],
+                         ids=["array", "not-json", "not-base64-text"])
+def test_a_header_that_is_not_a_json_object_is_malformed(
+    accounts: ServiceAccountAuthenticator, header: bytes
+) -> None:
+    assert refusal(accounts, header + b".e30.c2ln") == "malformed"
+
+
+def test_a_kid_shared_with_a_key_of_the_wrong_type_falls_through_to_the_right_one(
+    tmp_path: Path,
+) -> None:
+    ec_shared, rsa_shared = ec_key("shared"), rsa_key("shared")
+    accounts = two_clusters(tmp_path, ec_shared, rsa_shared)
+    assert accounts.verify(rsa_shared.token(iss=STAGING_ISSUER).encode()).issuer == "staging"
+
+
+def test_check_config_names_the_keys_a_jwks_skips(tmp_path: Path) -> None:
+    jwk = RSA.jwk()
+    del jwk["kid"]
+    path = tmp_path / "jwks.json"
+    path.write_bytes(jwks(jwk, EC))
+    assert jwks_state(str(path)) == "kids ec-1; skipped keys[0]: no kid"
+    path.write_bytes(jwks(EC))
+    assert jwks_state(str(path)) == "kids ec-1"

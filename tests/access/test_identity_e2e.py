@@ -253,3 +253,40 @@ def test_a_gateway_started_without_its_jwks_refuses_tokens_until_it_appears(
     assert cancel(gateway, BILLING_KEY)[0].status_code == 202  # team keys are unaffected
     path.write_bytes(jwks(RSA))
     assert wait_for(lambda: cancel(gateway, RSA.token())[0].status_code == 202)
+
+
+# -- service accounts per issuer (issue 17, finding 8) ----------------------------------------
+
+STAGING = rsa_key("rsa-staging")
+STAGING_ISSUER = "https://staging.cluster.example"
+
+
+def test_a_second_clusters_account_of_the_same_name_is_not_the_teams(
+    gateway_factory: GatewayFactory, standin: StandIn, tmp_path: Path
+) -> None:
+    """As reproduced: a second cluster's `billing/worker` got team `billing`. Now the entry
+    `prod/billing/worker` trusts prod's tokens only, and records say which issuer."""
+    (tmp_path / "prod.json").write_bytes(jwks(RSA))
+    (tmp_path / "staging.json").write_bytes(jwks(STAGING))
+    gateway = gateway_factory(
+        teams=[{"name": "billing", "keys": [keys.stored_form(BILLING_KEY)], "scope": ["*"],
+                "service_accounts": ["prod/billing/worker"]},
+               {"name": "ops", "scope": ["*"], "service_accounts": ["ops/runner"]}],
+        issuers=[{"name": "prod", "issuer": ISSUER, "audience": AUDIENCE,
+                  "jwks_file": str(tmp_path / "prod.json")},
+                 {"name": "staging", "issuer": STAGING_ISSUER, "audience": AUDIENCE,
+                  "jwks_file": str(tmp_path / "staging.json")}])
+    STANDINS[gateway.port] = standin
+
+    impostor, _ = cancel(gateway, STAGING.token(iss=STAGING_ISSUER))
+    assert impostor.status_code == 401
+    response, request_id = cancel(gateway, RSA.token())
+    assert response.status_code == 202
+    for record in results(gateway, request_id, count=2):
+        assert (record["team"], record["key_id"], record["issuer"]) == (
+            "billing", "sa:billing/worker", "prod")
+    response, request_id = cancel(gateway, STAGING.token(iss=STAGING_ISSUER, sub=OPS))
+    assert response.status_code == 202  # unqualified: any issuer's ops/runner
+    assert {r["issuer"] for r in results(gateway, request_id, count=2)} == {"staging"}
+    response, request_id = cancel(gateway, BILLING_KEY)
+    assert {r["issuer"] for r in results(gateway, request_id, count=2)} == {None}

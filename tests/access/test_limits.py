@@ -101,3 +101,45 @@ def test_teams_have_separate_buckets() -> None:
     assert limits.retry_after("billing") == 0
     assert limits.retry_after("billing") >= 1
     assert limits.retry_after("ops") == 0
+
+
+# -- reloads (issue 17: a reload refilling every bucket went unnoticed) -----------------------
+
+
+def drained(limits: TeamLimits, name: str) -> None:
+    while limits.retry_after(name) == 0:
+        pass
+
+
+def test_a_reload_keeps_the_spent_bucket_of_every_unchanged_team() -> None:
+    clock = FakeClock()
+    old = TeamLimits([team("billing"), team("ops")], clock=clock)
+    drained(old, "billing")
+    drained(old, "ops")
+    new = TeamLimits([team("billing"), team("ops")], clock=clock, previous=old)
+    assert new.retry_after("billing") >= 1  # a reload is no way to refill a bucket
+    assert new.retry_after("ops") >= 1
+
+
+@pytest.mark.parametrize("changed", [{"rate": 2.0}, {"burst": 5}], ids=["rate", "burst"])
+def test_a_team_whose_rate_or_burst_changed_starts_with_a_full_new_bucket(
+    changed: dict[str, float],
+) -> None:
+    clock = FakeClock()
+    old = TeamLimits([team("billing"), team("ops")], clock=clock)
+    drained(old, "billing")
+    drained(old, "ops")
+    new = TeamLimits([team("billing", **changed), team("ops")],  # type: ignore[arg-type]
+                     clock=clock, previous=old)
+    burst = int(changed.get("burst", 3))
+    assert [new.retry_after("billing") for _ in range(burst)] == [0] * burst
+    assert new.retry_after("billing") >= 1
+    assert new.retry_after("ops") >= 1  # the unchanged team keeps its spent bucket
+
+
+def test_a_team_new_in_a_reload_starts_full() -> None:
+    clock = FakeClock()
+    old = TeamLimits([team("billing")], clock=clock)
+    drained(old, "billing")
+    new = TeamLimits([team("billing"), team("ops")], clock=clock, previous=old)
+    assert [new.retry_after("ops") for _ in range(3)] == [0, 0, 0]

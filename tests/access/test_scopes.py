@@ -60,3 +60,41 @@ def test_scope_authorizer_needs_a_lookup_only_for_restricted_teams() -> None:
     assert (info.value.status, info.value.code, info.value.outcome) == (
         403, "out_of_scope", "forbidden")
     assert "secret" not in info.value.message and SOURCE not in info.value.message
+
+
+# -- a bulk cancel's selector (issue 17, finding 7) ---------------------------------------------
+
+
+def selector_refused(scope: list[str], **selector: str) -> bool:
+    authorizer = ScopeAuthorizer({"t": Scope.parse(scope)})
+    try:
+        authorizer.authorize_selector("t", **selector)  # type: ignore[arg-type]
+    except RequestRejected as exc:
+        assert (exc.status, exc.code, exc.outcome) == (403, "out_of_scope", "forbidden")
+        return True
+    return False
+
+
+SRC = "0b8e1d2c-3a4f-4b5c-8d6e-7f8091a2b3c4"
+OTHER_SRC = "1b8e1d2c-3a4f-4b5c-8d6e-7f8091a2b3c4"
+
+
+def test_a_database_selector_needs_a_database_or_collection_entry_of_it() -> None:
+    assert not selector_refused(["database:docs"], database_name="docs")
+    assert not selector_refused(["collection:docs/handbook"], database_name="docs")
+    assert selector_refused(["database:docs", "collection:wiki/x"], database_name="payroll")
+    assert selector_refused([f"source:{SRC}"], database_name="docs")
+    assert not selector_refused(["*"], database_name="anything")
+
+
+def test_a_source_selector_is_refused_only_when_only_other_sources_are_in_scope() -> None:
+    assert not selector_refused([f"source:{SRC}"], source_id=SRC)
+    assert selector_refused([f"source:{SRC}"], source_id=OTHER_SRC)
+    assert not selector_refused(["database:docs"], source_id=OTHER_SRC)
+    assert not selector_refused([f"source:{SRC}", "collection:d/c"], source_id=OTHER_SRC)
+    assert not selector_refused(["*"], source_id=OTHER_SRC)
+
+
+def test_an_unknown_team_may_select_nothing() -> None:
+    with pytest.raises(RequestRejected):
+        ScopeAuthorizer({}).authorize_selector("ghost", source_id=SRC)

@@ -28,7 +28,7 @@ from tests.conftest import GatewayFactory
 from tests.harness import BILLING_KEY, RunningGateway, default_teams
 
 CANCEL_FIELDS = {
-    "ts", "event", "request_id", "invocation_id", "team", "key_id", "client", "outcome",
+    "ts", "event", "request_id", "invocation_id", "team", "key_id", "issuer", "client", "outcome",
     "status", "upstream_status", "error", "duration_ms", "database", "collection", "source_id",
 }
 CHAIN_FIELDS = {"seq", "prev", "hash", "chain"}

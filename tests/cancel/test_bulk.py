@@ -67,6 +67,16 @@ def test_limit_bounds_are_accepted(limit: int) -> None:
     ({"source_id": None}, "source_id must be a UUID"),
     ({"database_name": "a\nb"}, "database_name must be"),
     ({"database_name": "x" * 513}, "database_name must be"),
+    ({"database_name": ""}, "database_name must be"),
+    ({"database_name": 7}, "database_name must be"),
+    ({"database_name": ["docs"]}, "database_name must be"),
+    ({"database_name": None}, "database_name must be"),
+    ({"source_id": SOURCE, "limit": True}, "limit must be"),
+    ({"source_id": SOURCE, "limit": False}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 1.0}, "limit must be"),
+    ({"source_id": SOURCE, "limit": "10"}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 0}, "limit must be"),
+    ({"source_id": SOURCE, "limit": 10001}, "limit must be"),
     ({"source_id": SOURCE, "limit": -1}, "limit must be a whole number from 1 to 10000"),
     ({"source_id": SOURCE, "limit": 10**30}, "limit must be"),
     ({"source_id": SOURCE, "dry_run": 1}, "dry_run must be true or false"),
@@ -75,6 +85,18 @@ def test_limit_bounds_are_accepted(limit: int) -> None:
 ])
 def test_each_bad_field_is_named(value: dict[str, Any], field: str) -> None:
     assert field in refusal(body(value)).message
+
+
+def test_a_database_name_of_512_characters_is_accepted() -> None:
+    request = bulk_request.parse_request(body({"database_name": "x" * 512}))
+    assert request.database_name == "x" * 512
+
+
+def test_an_unknown_field_name_is_shown_up_to_40_characters() -> None:
+    whole = refusal(body({"source_id": SOURCE, "f" * 40: 1})).message
+    assert whole.startswith(repr("f" * 40) + " is not a known field")
+    cut = refusal(body({"source_id": SOURCE, "g" * 41: 1})).message
+    assert cut.startswith(repr("g" * 40 + "...") + " is not a known field")
 
 
 def test_an_unknown_field_with_control_characters_is_quoted_safely() -> None:
@@ -182,11 +204,20 @@ def test_bulk_concurrency_defaults_to_4_and_takes_1_to_64(tmp_path: Path) -> Non
     assert load(tmp_path, "[bulk]\nconcurrency = 64").bulk.concurrency == 64
 
 
+def test_bulk_max_batches_defaults_to_2_and_takes_1_to_64(tmp_path: Path) -> None:
+    assert load(tmp_path, "").bulk.max_batches == 2
+    assert load(tmp_path, "[bulk]\nmax_batches = 1").bulk.max_batches == 1
+    assert load(tmp_path, "[bulk]\nmax_batches = 64").bulk.max_batches == 64
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ("[bulk]\nconcurrency = 0", "bulk.concurrency must be a whole number from 1 to 64, got 0"),
     ("[bulk]\nconcurrency = 65", "bulk.concurrency must be a whole number from 1 to 64, got 65"),
     ('[bulk]\nconcurrency = "4"', 'bulk.concurrency must be a whole number from 1 to 64, got "4"'),
     ("[bulk]\nparallel = 2", "bulk.parallel is not a known key"),
+    ("[bulk]\nmax_batches = 0", "bulk.max_batches must be a whole number from 1 to 64, got 0"),
+    ("[bulk]\nmax_batches = true",
+     "bulk.max_batches must be a whole number from 1 to 64, got true"),
     ("bulk = 3", "bulk must be a table, got 3"),
 ])
 def test_bad_bulk_settings_are_refused_naming_the_key(

@@ -306,10 +306,9 @@ def test_a_collection_scoped_team_cancels_only_its_collection_of_a_database(
     answer = response.json()
     assert answer["matched"] == 55
     assert answer["counts"] == {"cancelled": 30, "forbidden": 25}
-    by_id = {r["invocation_id"]: r for r in answer["results"]}
+    # Issue 17, finding 7: another team's invocations are counted, never listed.
+    assert sorted(r["invocation_id"] for r in answer["results"]) == sorted(mine)
     for invocation_id in theirs:
-        assert by_id[invocation_id] == {"invocation_id": invocation_id, "status": 403,
-                                        "outcome": "forbidden", "error": "out_of_scope"}
         assert standin.state_of(invocation_id) == "pending"
     assert puts(standin) == collections.Counter(mine)
     # The scope came from the list's own metadata: no get_job lookup.
@@ -329,8 +328,9 @@ def test_a_collection_scoped_team_dry_run_reports_forbidden_ones(shared: Servers
     seed(standin, 3, source=source, database="shared", collection="payroll")
     answer = bulk(gateway, {"source_id": source, "dry_run": True}, key=HANDBOOK_KEY).json()
     assert answer["counts"] == {"forbidden": 3, "would_cancel": 2}
-    assert [r["invocation_id"] for r in answer["results"]
-            if r["outcome"] == "would_cancel"] == mine
+    assert answer["matched"] == 5
+    assert [(r["invocation_id"], r["outcome"]) for r in answer["results"]] == [
+        (invocation, "would_cancel") for invocation in mine]  # theirs: counted, not listed
     assert not puts(standin)
 
 

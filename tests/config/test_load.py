@@ -801,7 +801,7 @@ def test_no_issuers_means_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("account", [
-    "worker", "billing/", "/worker", "Billing/worker", "billing/worker/x", "bill_ing/worker",
+    "worker", "billing/", "/worker", "Billing/worker", "prod/billing/worker/x", "bill_ing/worker",
     "billing/-worker", "a" * 64 + "/worker", "billing/" + "w" * 254, "billing/wörker", 7,
 ])
 def test_a_malformed_service_account_is_refused_naming_its_index(

@@ -100,8 +100,37 @@ def test_a_rewritten_config_file_is_adopted_without_a_signal(
     print(f"kill switch took effect after {time.monotonic() - started:.2f} s")
     [record] = config_records(gateway)
     assert record["trigger"] == "file"
-    assert record["changed"] == ["billing"]
+    assert record["changed"] == [
+        {"team": "billing", "fields": ["enabled"], "keys_added": [], "keys_removed": [],
+         "scope_before": ["*"], "scope_after": ["*"]}]
     assert not any(e["event"] == "config.restart_required" for e in gateway.logs())
+
+
+def test_a_key_moved_into_an_unrestricted_team_is_a_recorded_privilege_change(
+    gateway_factory: GatewayFactory, standin: StandIn
+) -> None:
+    """Issue 17, finding 5: this was recorded as `added: [], removed: []` and nothing else."""
+    teams = default_teams()
+    teams[0]["scope"] = ["database:docs"]
+    gateway = gateway_factory(teams=teams)
+    moved = keys.key_id(keys.stored_form(BILLING_KEY_2))
+    teams[0]["keys"] = [keys.stored_form(BILLING_KEY)]
+    teams.append({"name": "ops", "keys": [keys.stored_form(BILLING_KEY_2)], "scope": ["*"]})
+    teams[1]["scope"] = ["database:docs"]  # narrowed, and still disabled
+    rewrite_teams(gateway, teams)
+    gateway.process.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: config_records(gateway))
+    [record] = config_records(gateway)
+    assert record["added"] == {"teams": ["ops"], "key_ids": []}
+    assert record["removed"] == {"teams": [], "key_ids": []}
+    assert record["changed"] == [
+        {"team": "billing", "fields": ["keys"], "keys_added": [], "keys_removed": [moved],
+         "scope_before": ["database:docs"], "scope_after": ["database:docs"]},
+        {"team": "frozen", "fields": ["scope"], "keys_added": [], "keys_removed": [],
+         "scope_before": ["*"], "scope_after": ["database:docs"]},
+    ]
+    elsewhere = standin.add_pending(database="other")
+    assert gateway.cancel(elsewhere, key=BILLING_KEY_2).status_code == 202  # now unrestricted
 
 
 def test_a_bad_config_is_refused_in_one_line_and_the_old_teams_keep_serving(

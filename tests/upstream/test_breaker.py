@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.errors import ServiceUnavailable
@@ -109,3 +111,103 @@ def test_answers_arriving_while_open_do_not_close_it() -> None:
         breaker.record(True)
     breaker.record(False)  # a cancel sent before it opened, answering late
     assert breaker.state == OPEN
+
+
+# Issue 17, finding 3: one probe at a time, and only exchanges of the probe's era move it.
+
+def open_it(breaker: CircuitBreaker, clock: Clock) -> None:
+    for _ in range(3):
+        breaker.record(True, clock.now)
+
+
+def test_an_answer_to_an_exchange_from_before_the_opening_does_not_close_it() -> None:
+    breaker, clock, changes = make()
+    early = clock.now  # a cancel's PUT leaves, and stalls
+    clock.now += 1
+    open_it(breaker, clock)
+    clock.now += 10
+    assert breaker.admit() is True  # the probe is out
+    breaker.record(False, early)  # the stalled PUT answers at last
+    assert (breaker.state, changes) == (HALF_OPEN, [True])
+    assert_refused(breaker)  # still one probe, still out
+
+
+def test_a_failure_from_before_the_opening_does_not_reopen_it_under_the_probe() -> None:
+    breaker, clock, changes = make()
+    early = clock.now
+    clock.now += 1
+    open_it(breaker, clock)
+    clock.now += 10
+    assert breaker.admit() is True
+    breaker.record(True, early)
+    assert (breaker.state, changes) == (HALF_OPEN, [True])
+    breaker.record(False, clock.now)  # the probe's own answer decides
+    assert (breaker.state, changes) == (CLOSED, [True, False])
+
+
+def test_exchanges_of_the_pause_do_not_count_once_it_is_closed_again() -> None:
+    breaker, clock, _ = make(failures=2)
+    open_it(breaker, clock)
+    clock.now += 5
+    during_pause = clock.now  # e.g. a bulk's next list page, from a batch admitted before
+    clock.now += 5
+    assert breaker.admit() is True
+    breaker.record(False, clock.now)
+    breaker.end_probe()
+    breaker.record(True, during_pause)
+    breaker.record(True, during_pause)
+    assert breaker.state == CLOSED
+
+
+def test_while_half_open_admitted_cancels_stop_sending() -> None:
+    breaker, clock, _ = make()
+    open_it(breaker, clock)
+    clock.now += 10
+    assert breaker.admit() is True
+    assert breaker.blocking  # a retry of a cancel from before the opening waits
+    breaker.record(False, clock.now)
+    assert not breaker.blocking
+
+
+def test_a_failed_probe_still_running_keeps_the_next_probe_out() -> None:
+    breaker, clock, _ = make(seconds=10.0)
+    open_it(breaker, clock)
+    clock.now += 10
+    assert breaker.admit() is True
+    breaker.record(True, clock.now)  # its PUT timed out; it now settles with a lookup
+    clock.now += 10
+    assert_refused(breaker)  # the pause is over, but the probe has not ended
+    breaker.end_probe()
+    assert breaker.admit() is True
+
+
+def test_an_old_probe_ending_late_leaves_the_new_probe_alone() -> None:
+    asyncio.run(old_probe_ending_late())
+
+
+async def old_probe_ending_late() -> None:
+    breaker, clock, _ = make(seconds=10.0)
+    open_it(breaker, clock)
+    clock.now += 10
+    first_admitted, second_admitted = asyncio.Event(), asyncio.Event()
+    first_may_end, second_may_end = asyncio.Event(), asyncio.Event()
+
+    async def probe(admitted: asyncio.Event, may_end: asyncio.Event) -> None:
+        assert breaker.admit() is True
+        admitted.set()
+        await may_end.wait()
+        breaker.end_probe()
+
+    first = asyncio.create_task(probe(first_admitted, first_may_end))
+    await first_admitted.wait()
+    breaker.record(False, clock.now)  # its lookup succeeds: closed...
+    open_it(breaker, clock)  # ...and opened again by later cancels while its PUT is out
+    clock.now += 10
+    second = asyncio.create_task(probe(second_admitted, second_may_end))
+    await second_admitted.wait()
+    first_may_end.set()
+    await first
+    assert_refused(breaker)  # the second probe is still out: no third one
+    second_may_end.set()
+    await second
+    assert breaker.admit() is True

@@ -4,12 +4,14 @@ closes on its success; its gauge and log lines follow."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import time
 import uuid
 from collections.abc import Callable
 
 from gateway.access import keys
-from gateway.demo.standin import Respond, StandIn
+from gateway.demo.standin import Delay, ReceivedRequest, Respond, StandIn
 from tests.harness import BILLING_KEY, RunningGateway
 
 GatewayFactory = Callable[..., RunningGateway]
@@ -85,3 +87,42 @@ def test_4xx_answers_do_not_count_as_failures(
     for _ in range(4):
         assert gateway.cancel(str(uuid.uuid4())).status_code == 404  # unknown: upstream's 404
     assert gauge(gateway) == 0.0
+
+
+def test_one_probe_at_a_time_and_late_answers_from_before_the_opening_do_not_move_it(
+    gateway_factory: GatewayFactory, standin: StandIn
+) -> None:
+    """Issue 17, finding 3, as reproduced: with `breaker_failures = 1`, `breaker_seconds = 0.5`
+    and an upstream that answers 503 after 1 s, a cancel sent before the circuit opened
+    answered while the first probe was out, opened it again and cleared the probe's flag, so a
+    second probe PUT overlapped the first."""
+    gateway = gateway_factory(upstream={"retries": 0, "breaker_failures": 1,
+                                        "breaker_seconds": 0.5, "timeout": 5.0})
+    arrivals: list[float] = []
+
+    def slow_failure(request: ReceivedRequest) -> Delay | None:
+        if request.method != "PUT":
+            return None
+        arrivals.append(time.monotonic())
+        return Delay(1.0, UNAVAILABLE)
+
+    standin.behaviour = slow_failure
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(gateway.cancel, str(uuid.uuid4()))  # opens it at about 1.0 s
+        time.sleep(0.6)
+        late = pool.submit(gateway.cancel, str(uuid.uuid4()))  # sent closed, answers at 1.6 s
+        time.sleep(0.45)
+        assert first.result(timeout=10).status_code == 502
+        opened = time.monotonic()
+        others = []
+        while time.monotonic() - start < 3.6:  # cancels keep coming: each may be a probe
+            others.append(pool.submit(gateway.cancel, str(uuid.uuid4())))
+            time.sleep(0.1)
+        assert late.result(timeout=10).status_code == 502
+        statuses = [f.result(timeout=10).status_code for f in others]
+    probes = sorted(t for t in arrivals if t > opened)
+    assert probes, "no probe was sent"
+    assert statuses.count(502) == len(probes)  # every other cancel: 503 at once
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert all(gap >= 0.95 for gap in gaps), f"probe PUTs overlapped: gaps {gaps}"

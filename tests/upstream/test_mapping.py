@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from gateway.errors import UpstreamFailure
+from gateway.errors import UpstreamFailure, UpstreamRefused
 from gateway.upstream import mapping
 from gateway.upstream.client import UpstreamAnswer
 
@@ -198,3 +198,128 @@ def test_5xx_failure_message_never_holds_the_token() -> None:
     failure = failure_of(500, error_response("InternalError", f"saw {TOKEN}"), secrets=(TOKEN,))
     assert TOKEN not in failure.message
     assert "500" in failure.message
+
+
+# -- the whole reply, field by field (issue 17: mutants of these survived) ------------------
+
+
+def test_the_202_fast_path_reply_is_exactly_a_cancel() -> None:
+    assert mapping.interpret(answer(202, b"{}"), secrets=(TOKEN,)) == mapping.Reply(
+        202, b"{}", "cancelled", None, 202)
+
+
+def test_a_202_with_an_object_keeps_upstream_status_and_no_headers() -> None:
+    reply = mapping.interpret(answer(202, b'{"id": "x"}', {"retry-after": "3"}))
+    assert reply == mapping.Reply(202, b'{"id": "x"}', "cancelled", None, 202)
+
+
+def test_a_202_holding_the_token_in_a_nested_list_or_a_json_escape_becomes_empty() -> None:
+    nested = json.dumps({"echo": {"headers": [["x-chroma-token", TOKEN]]}}).encode()
+    # Every character escaped: only the parsed JSON shows the token.
+    escaped = b'{"echo": "' + "".join(f"\\u{ord(c):04x}" for c in TOKEN).encode() + b'"}'
+    for body in (nested, escaped):
+        assert mapping.interpret(answer(202, body), secrets=(TOKEN,)).body == b"{}"
+
+
+def test_a_202_that_is_not_utf8_is_checked_for_the_token_without_a_crash() -> None:
+    for body in (b"\xff\xfe{}", b"\xc3(" + TOKEN.encode()):
+        assert mapping.interpret(answer(202, body), secrets=(TOKEN,)).body == b"{}"
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), ROWS)
+def test_a_normalized_reply_carries_its_upstream_status(
+    status: int, code: str, outcome: str
+) -> None:
+    reply = mapping.interpret(answer(status, b"<html>"))
+    assert (reply.status, reply.outcome, reply.error, reply.upstream_status) == (
+        status, outcome, code, status)
+
+
+def test_an_upstream_message_with_a_lone_surrogate_is_shown_without_it() -> None:
+    body = b'{"error": "x", "message": "bad \\ud800 thing"}'
+    assert failure_of(500, body).message == "Chroma Sync answered 500: bad ? thing"
+
+
+def test_a_lookups_404_echoing_the_token_is_normalized() -> None:
+    error = mapping.refusal(answer(404, error_response(message=f"no {TOKEN}")), secrets=(TOKEN,))
+    assert error.body is not None and TOKEN not in error.body.decode()
+    assert json.loads(error.body) == {"error": "not_found", "message": "Invocation not found"}
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), ROWS)
+def test_a_passed_through_reply_carries_its_upstream_status(
+    status: int, code: str, outcome: str
+) -> None:
+    body = error_response()
+    assert mapping.interpret(answer(status, body)) == mapping.Reply(
+        status, body, outcome, code, status)
+
+
+def test_a_429_reply_is_exact_with_its_retry_after() -> None:
+    reply = mapping.interpret(answer(429, b"busy", {"retry-after": "7"}))
+    assert reply == mapping.Reply(
+        429, reply.body, "rejected_by_upstream", "upstream_rate_limited", 429,
+        {"retry-after": "7"})
+    assert json.loads(reply.body) == {
+        "error": "upstream_rate_limited",
+        "message": "Chroma Sync is limiting requests; retry later"}
+
+
+def test_399_is_a_redirect_and_400_is_not() -> None:
+    assert failure_of(399).code == "upstream_redirect"
+    assert "redirect (399)" in failure_of(399).message
+    assert mapping.interpret(answer(400, b"")).error == "bad_request"
+
+
+@pytest.mark.parametrize("status", [400, 404, 429, 502])
+def test_a_body_that_is_not_utf8_is_normalized_not_a_crash(status: int) -> None:
+    body = b"\xff\xfe\x00 upstream said \xc3"
+    try:
+        reply = mapping.interpret(answer(status, body), secrets=(TOKEN,))
+    except UpstreamFailure as exc:
+        assert exc.code == "upstream_error"
+        assert "upstream said" in exc.message
+    else:
+        assert json.loads(reply.body)["error"] == reply.error
+
+
+def test_a_token_after_bytes_that_are_not_utf8_is_still_withheld() -> None:
+    failure = failure_of(500, b"\xff\xfe" + TOKEN.encode(), secrets=(TOKEN,))
+    assert TOKEN not in failure.message and mapping.WITHHELD in failure.message
+
+
+# -- mapping.refusal: a lookup's answer other than 200 ---------------------------------------
+
+
+def test_a_lookups_404_is_the_callers_404_with_upstreams_body() -> None:
+    body = error_response()
+    error = mapping.refusal(answer(404, body), secrets=(TOKEN,))
+    assert isinstance(error, UpstreamRefused)
+    assert (error.status, error.code, error.outcome, error.body, error.upstream_status) == (
+        404, "not_found", "not_found", body, 404)
+    assert error.message == "Chroma Sync refused the lookup (404)"
+
+
+def test_a_lookups_429_keeps_retry_after() -> None:
+    error = mapping.refusal(answer(429, b"", {"retry-after": "2"}))
+    assert (error.status, error.code, error.headers, error.upstream_status) == (
+        429, "upstream_rate_limited", {"retry-after": "2"}, 429)
+
+
+def test_a_lookups_202_is_an_unexpected_status() -> None:
+    error = mapping.refusal(answer(202, b"{}"))
+    assert isinstance(error, UpstreamFailure)
+    assert (error.status, error.code, error.upstream_status) == (
+        502, "upstream_unexpected_status", 202)
+    assert "(202)" in error.message
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (500, "upstream_error"), (401, "upstream_auth_failed"), (302, "upstream_redirect"),
+    (418, "upstream_unexpected_status")])
+def test_a_lookups_failure_is_mapped_by_the_table_with_its_upstream_status(
+    status: int, code: str
+) -> None:
+    error = mapping.refusal(answer(status, b"x"))
+    assert isinstance(error, UpstreamFailure)
+    assert (error.status, error.code, error.upstream_status) == (502, code, status)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -338,3 +339,100 @@ def test_upstream_boundary_marks_a_refused_connection_as_never_sent() -> None:
     assert not _never_sent(dropped)
     assert _never_sent(httpx.ConnectTimeout("connect"))  # httpcore's own, no aiohttp cause
     assert not _never_sent(httpx.ReadTimeout("read"))
+
+
+# -- issue 17: what mutation testing showed untested ------------------------------------------
+
+
+def test_a_retry_after_date_in_the_past_is_no_wait() -> None:
+    past = email.utils.formatdate(1_000_000.0, usegmt=True)
+    assert retry_after_seconds(past, now=1_000_100.0) == 0.0
+    assert retry_after_seconds(email.utils.formatdate(0.0, usegmt=True)) == 0.0  # now: the clock
+    assert retry_after_seconds("Mon, 01 Jan 2024 00:00:00") is None  # no zone: not a date
+    assert retry_after_seconds("  12 ") == 12.0
+
+
+def test_a_429_with_retry_after_0_retries_without_sleeping() -> None:
+    script = Script([too_many("0"), ACCEPTED])
+    assert run(script) == ACCEPTED
+    assert (script.slept, script.records) == ([], [1, 2])
+
+
+def test_a_retry_after_exactly_the_time_left_is_returned_not_waited() -> None:
+    script = Script([too_many("4"), ACCEPTED], put_seconds=1.0)
+    assert run(script, deadline=5.0).status == 429  # 4 s left after the first PUT
+    assert script.slept == []
+
+
+def test_a_backoff_exactly_the_time_left_is_not_waited() -> None:
+    script = Script([answered(503), ACCEPTED], put_seconds=5.95)
+    with pytest.raises(UpstreamFailure):
+        run(script, deadline=6.0, rng=0.5)  # 0.05 s backoff; 0.05 s left
+    assert (script.records, script.slept) == ([1], [])
+
+
+def test_the_deadline_passing_during_a_backoff_leaves_the_last_answer() -> None:
+    script = Script([answered(503), ACCEPTED])
+    original_sleep = script.sleep
+
+    async def slow_sleep(seconds: float) -> None:  # the loop was late to wake up
+        await original_sleep(seconds)
+        script.now += 20.0
+
+    script.sleep = slow_sleep  # type: ignore[method-assign]
+    with pytest.raises(UpstreamFailure) as caught:
+        run(script)
+    assert caught.value.upstream_status == 503
+    assert (script.records, len(script.puts)) == ([1], 1)
+
+
+def test_exactly_at_the_deadline_nothing_is_sent_and_nothing_was_sent() -> None:
+    script = Script([ACCEPTED], now=15.0)
+    with pytest.raises(UpstreamFailure) as caught:
+        run(script, deadline=15.0)
+    assert (caught.value.code, caught.value.sent, caught.value.upstream_status) == (
+        "upstream_timeout", False, None)
+    script = Script([ACCEPTED], now=14.5)
+    assert run(script, deadline=15.0) == ACCEPTED  # half a second is still time to try
+
+
+def test_every_sent_try_counts_as_a_put_and_the_last_status_is_kept() -> None:
+    script = Script([no_answer(sent=True), no_answer(sent=True), answered(503)],
+                    [job("pending"), job("pending")])
+    with pytest.raises(UpstreamFailure):
+        run(script)
+    assert (script.trail.attempts, script.trail.upstream_status) == (3, 503)
+
+
+def test_a_doubtful_412_whose_lookup_says_pending_is_retried() -> None:
+    script = Script([no_answer(sent=True), GONE, ACCEPTED],
+                    [job("pending"), job("pending")])
+    assert run(script) == ACCEPTED
+    assert (script.records, script.trail.attempts, script.trail.reconciled) == (
+        [1, 2, 3], 3, False)
+
+
+def test_a_doubtful_412_pending_with_no_retry_left_is_the_412() -> None:
+    script = Script([no_answer(sent=True), GONE], [job("pending"), job("pending")])
+    assert run(script, retries=1) == GONE
+
+
+def test_a_doubtful_412_whose_lookup_fails_is_the_412() -> None:
+    script = Script([no_answer(sent=True), GONE],
+                    [job("pending"), no_answer(sent=True, timeout=True)])
+    assert run(script) == GONE
+
+
+def test_a_reconciled_reply_is_exact_and_names_the_last_upstream_status() -> None:
+    script = Script([no_answer(sent=True, timeout=True)], [job("cancelled")])
+    assert run(script) == Reply(202, b"{}", "cancelled", None, None)  # no status was seen
+    script = Script([answered(502), GONE], [job("cancelled")])
+    assert run(script) == Reply(202, b"{}", "cancelled", None, 412)
+    script = Script([answered(504), GONE], [job("failed")])
+    reply = run(script)
+    assert (reply.status, reply.outcome, reply.error, reply.upstream_status, reply.headers) == (
+        412, "not_cancelable", "not_cancelable", 412, {})
+    assert json.loads(reply.body) == {
+        "error": "not_cancelable",
+        "message": "Invocation is not in a cancelable state (it is failed)"}
+    assert script.trail.reconciled is True

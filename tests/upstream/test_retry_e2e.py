@@ -257,8 +257,14 @@ def test_max_in_flight_refuses_the_extra_cancel_with_429_and_releases_it(
 
     with httpx.Client(base_url=gateway.base_url, trust_env=False) as client:
         refused = client.put(f"/api/v1/invocations/{other}",
-                             headers={"Authorization": f"Bearer {BILLING_KEY}"})
+                             headers={"Authorization": f"Bearer {BILLING_KEY}",
+                                      "x-request-id": "over-the-bound"})
     first.join(10)
+    # What the audit trail says of the refusal (issue 17: never checked before).
+    attempts, result = records_of(gateway, "over-the-bound")
+    assert attempts == []
+    assert (result["outcome"], result["status"], result["error"], result["attempts"]) == (
+        "rate_limited", 429, "rate_limited", 0)
 
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"] == "rate_limited"
