@@ -66,6 +66,11 @@ class Archiver:
             return 0
         return max(0, head_seq - self.archived_through(chain))
 
+    @property
+    def worker_pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
     # -- the worker ------------------------------------------------------------------------
 
     def start(self) -> None:

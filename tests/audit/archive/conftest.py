@@ -91,6 +91,7 @@ class Proxy:
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._held: list[socket.socket] = []
+        self._open: list[socket.socket] = []  # forwarded connections, both ends
         self._listen()
 
     @property
@@ -122,6 +123,7 @@ class Proxy:
         except OSError:
             conn.close()
             return
+        self._open += [conn, upstream]
         for a, b in ((conn, upstream), (upstream, conn)):
             threading.Thread(target=self._copy, args=(a, b), daemon=True).start()
 
@@ -142,6 +144,14 @@ class Proxy:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        for conn in self._open:  # kept-alive connections go down with the server too
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
+
+    @property
+    def held(self) -> list[socket.socket]:
+        return self._held
 
     def stall(self) -> None:
         self.mode = "stall"
