@@ -1,11 +1,12 @@
 """Records of many chains, from many inputs in any order, sorted out chain by chain.
 
 `audit verify` over a fleet reads every input once (`Grouping.add`), putting each line into a
-spill file of its chain (the `chain` field; a line without one belongs to its input: a log of
-an earlier version, verified per file as in 0.2). Then, chain by chain, `ordered` gives the
-chain's lines in seq order, exact duplicates dropped (at-least-once shipping), and names the
-first problem of order: `missing seq X..Y` and `conflicting records at seq S` (two different
-lines with the same seq). Everything else about the lines is the single-chain verifier's job.
+spill file of its chain (the `chain` field; a line without one belongs to its log: the file
+and its rotated files `<file>.NNNNNN`, a log of an earlier version). Then, chain by chain,
+`ordered` gives the chain's lines in seq order, exact duplicates dropped (at-least-once
+shipping), and names the first problem of order: `missing seq X..Y` and `conflicting
+records at seq S` (two different lines with the same seq). Everything else about the lines
+is the single-chain verifier's job.
 
 Memory is bounded by the number of chains, not of records: the lines wait on disk, a chain
 already in seq order (one file, an archive's segments in name order) is read straight
@@ -35,6 +36,7 @@ RUN_RECORDS = 20_000
 MAX_OPEN = 128  # spill files kept open at once (a fleet may have more chains than fds)
 _CHAIN = re.compile(rb'[{,]"chain":"([0-9a-f]{32})"')
 _SEQ = re.compile(rb'[{,]"seq":([0-9]{1,19})[,}]')
+_ROTATED = re.compile(r"\.[0-9]{6}$")
 _HEADER = struct.Struct("<IQI")  # input index, line number, line length
 _BUFFER = 256 * 1024
 
@@ -82,7 +84,11 @@ class Grouping:
 
     def key_of(self, line: bytes, source: int) -> str:
         chain = chain_of(line)
-        return chain if chain is not None else f"file:{source}"
+        if chain is not None:
+            return chain
+        # An earlier version's log: its rotated files (`<log>.NNNNNN`) and the live one are
+        # one chain, put in seq order like any other.
+        return "log:" + _ROTATED.sub("", self.sources[source])
 
     def add(self, line: bytes, source: int, lineno: int) -> str:
         key = self.key_of(line, source)
@@ -170,21 +176,25 @@ def _read_run(run: str) -> Iterator[Entry]:
     os.unlink(run)
 
 
-def ordered(path: str, in_order: bool) -> Iterator[Entry | Problem]:
-    """One chain's lines by seq, exact duplicates dropped; stops after the first problem.
+def ordered(path: str, in_order: bool, keep_going: bool = False) -> Iterator[Entry | Problem]:
+    """One chain's lines by seq, exact duplicates dropped; stops after the first problem
+    (`keep_going`: reports each and goes on, every line coming out once).
 
     `in_order`: the spill file is in seq order already (`key not in Grouping.unsorted`)."""
     stream = entries(path) if in_order else _sorted_runs(path)
     previous: Entry | None = None
     for entry in stream:
+        problem: str | None = None
         if previous is not None:
             if entry.seq == previous.seq:
                 if entry.line == previous.line:
                     continue  # the same record shipped twice
-                yield Problem(f"conflicting records at seq {entry.seq}", entry)
-                return
-            if previous.seq and entry.seq > previous.seq + 1:
-                yield Problem(f"missing seq {previous.seq + 1}..{entry.seq - 1}", entry)
+                problem = f"conflicting records at seq {entry.seq}"
+            elif previous.seq and entry.seq > previous.seq + 1:
+                problem = f"missing seq {previous.seq + 1}..{entry.seq - 1}"
+        if problem is not None:
+            yield Problem(problem, entry)
+            if not keep_going:
                 return
         yield entry
         previous = entry

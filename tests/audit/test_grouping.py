@@ -71,13 +71,14 @@ def test_a_gap_and_a_conflict_are_named(tmp_path: Path) -> None:
     assert last.entry.lineno in (6, len(log.lines) + 1)
 
 
-def test_lines_without_a_chain_stay_with_their_input() -> None:
+def test_lines_without_a_chain_stay_with_their_log() -> None:
     group = Grouping()
     try:
-        first, second = group.source("old-a.jsonl"), group.source("old-b.jsonl")
-        assert group.add(b'{"seq":1}\n', first, 1) == f"file:{first}"
-        assert group.add(b'{"seq":1}\n', second, 1) == f"file:{second}"
-        assert group.add(b"garbage\n", second, 2) == f"file:{second}"
+        first, second = group.source("a/audit.jsonl.000001"), group.source("a/audit.jsonl")
+        other = group.source("b/audit.jsonl")
+        assert group.add(b'{"seq":1}\n', first, 1) == "log:a/audit.jsonl"
+        assert group.add(b'{"seq":2}\n', second, 1) == "log:a/audit.jsonl"
+        assert group.add(b"garbage\n", other, 2) == "log:b/audit.jsonl"
     finally:
         group.close()
 

@@ -1,0 +1,152 @@
+"""The `audit verify` and `audit query` verbs over any inputs: one line per chain.
+
+`run_verify` and `run_query` take the parsed arguments and return the exit status: 0 when every
+chain verifies, 1 when one does not (or an input could not be read through), 2 on usage (one
+line on stderr). A run over plain files that hold no `chain` at all (logs of an earlier
+version) is verified and reported as in 0.2: the files, in the order given, are one chain.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, TextIO
+
+from gateway.audit import fleet, inputs, query, verify
+from gateway.secrets.sources import InvalidSecret, load_hmac_key
+
+
+@dataclass(frozen=True)
+class Options:
+    hmac_keys: tuple[bytes, ...] = ()
+    checkpoints: tuple[tuple[int, str], ...] = ()
+    allow_partial: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More arguments of `verify.verify` (signed checkpoints: verifier keys, anchors)."""
+
+
+class Usage(Exception):
+    pass
+
+
+def options_from(hmac_key_files: Sequence[str], checkpoint_texts: Sequence[str],
+                 allow_partial: bool) -> Options:
+    keys = []
+    for key_file in hmac_key_files:
+        try:
+            keys.append(load_hmac_key(key_file))
+        except InvalidSecret as exc:
+            raise Usage(f"--hmac-key-file {key_file}: {exc}") from None
+    checkpoints = []
+    for text in checkpoint_texts:
+        try:
+            checkpoints.append(verify.parse_checkpoint(text))
+        except ValueError as exc:
+            raise Usage(f"--checkpoint: {exc}") from None
+    return Options(tuple(keys), tuple(checkpoints), allow_partial)
+
+
+def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
+    """The single-chain verifier, as `fleet` calls it on each chain's ordered copy."""
+
+    def check(copy: str, job: fleet.ChainJob) -> fleet.ChainOutcome:
+        result = verify.verify([copy], hmac_keys=options.hmac_keys,
+                               checkpoints=() if several else options.checkpoints,
+                               allow_partial=options.allow_partial, **options.extra)
+        if isinstance(result, verify.VerifyFailure):
+            return fleet.ChainOutcome(False, result.reason, result.line)
+        signed = getattr(result, "signed", None)
+        text = (f"ok: {result.records} records, seq {result.first_seq}..{result.head_seq}, "
+                f"head {result.head_hash}")
+        if signed is not None:
+            text += f", signed at tree size {signed[0]} by {signed[1]}"
+        warnings = []
+        if result.first_seq > 1:
+            how = (f"anchored by checkpoint seq {result.anchor}" if result.anchor is not None
+                   else "not anchored by any checkpoint (--allow-partial)")
+            warnings.append(f"starts at seq {result.first_seq}: a retained suffix, {how}")
+        if result.macs_unchecked:
+            warnings.append("the records carry a mac, but no --hmac-key-file was given")
+        if getattr(result, "notes_unchecked", False):
+            warnings.append("the checkpoints carry signed notes, but no --public-key was given")
+        return fleet.ChainOutcome(True, text, 0, tuple(warnings))
+
+    return check
+
+
+@dataclass
+class Verified:
+    status: int
+    results: list[fleet.ChainResult]
+
+
+def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: TextIO,
+                  err: TextIO, stdin: IO[bytes] | None, filters: query.Filters | None,
+                  verb: str, check_chains: bool = True) -> Verified:
+    """Read, verify and report (one line per chain on `out`, unless querying)."""
+    try:
+        items = inputs.expand(paths, stdin=stdin)
+    except inputs.InputError as exc:
+        raise Usage(str(exc)) from None
+    read = fleet.read(items)
+    try:
+        for problem in read.problems:
+            print(problem, file=out)
+        keys = read.group.keys()
+        several = len(keys) > 1
+        if several and options.checkpoints:
+            raise Usage("--checkpoint SEQ:HASH names a record of one chain; these inputs hold "
+                        f"{len(keys)}: verify that chain's files on their own")
+        results = fleet.verify_chains(read, single_chain(options, several), jobs=jobs,
+                                      filters=filters, check_chains=check_chains)
+    finally:
+        read.close()
+    if not results and not read.problems:
+        print(f"audit {verb}: no audit records in the inputs given", file=err)
+    warned: set[str] = set()
+    for result in results:
+        if filters is None or not result.ok:
+            print(result.line(), file=out)
+        for warning in result.warnings:
+            if warning not in warned or warning.startswith("starts at"):
+                warned.add(warning)
+                print(f"audit {verb}: warning: chain {result.label}: {warning}"
+                      if warning.startswith("starts at") else f"audit {verb}: warning: "
+                      f"{warning}: not checked", file=err)
+    bad = read.problems or any(not r.ok for r in results) or not results
+    return Verified(1 if bad else 0, results)
+
+
+def run_verify(paths: Sequence[str], hmac_key_files: Sequence[str],
+               checkpoint_texts: Sequence[str], allow_partial: bool, jobs: int,
+               out: TextIO, err: TextIO, stdin: IO[bytes] | None = None) -> int:
+    try:
+        options = options_from(hmac_key_files, checkpoint_texts, allow_partial)
+        return verify_inputs(paths, options, jobs=jobs, out=out, err=err,
+                             stdin=stdin if stdin is not None else sys.stdin.buffer,
+                             filters=None, verb="verify").status
+    except Usage as exc:
+        print(f"audit verify: {exc}", file=err)
+        return 2
+
+
+def run_query(paths: Sequence[str], filters: query.Filters, fmt: str,
+              hmac_key_files: Sequence[str], no_verify: bool, jobs: int,
+              out: TextIO, err: TextIO, stdin: IO[bytes] | None = None) -> int:
+    """`audit query`: rows only when every chain read verifies (or with `no_verify`)."""
+    try:
+        options = options_from(hmac_key_files, (), allow_partial=False)
+        verified = verify_inputs(paths, options, jobs=jobs, out=err, err=err,
+                                 stdin=stdin if stdin is not None else sys.stdin.buffer,
+                                 filters=filters, verb="query", check_chains=not no_verify)
+    except Usage as exc:
+        print(f"audit query: {exc}", file=err)
+        return 2
+    if verified.status != 0 and not no_verify:
+        print("audit query: the records do not verify: no rows", file=err)
+        return 1
+    rows = [row for result in verified.results for row in result.rows]
+    rows.sort(key=lambda item: item[:3])
+    query.write([row for *_, row in rows], fmt, out)
+    return 0
