@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from gateway.audit import cri
-from gateway.audit.archive import location, store
+from gateway.audit.archive import location, opening, store
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _READ_BUFFER = 1024 * 1024
@@ -108,7 +108,7 @@ def _file(path: str, note: bool = False) -> Input:
 
 def _archive(url_text: str) -> list[Input]:
     try:
-        archive = store.open_store(url_text)
+        archive = opening.open_store(url_text)
     except (location.BadArchiveUrl, store.StoreError) as exc:
         raise InputError(str(exc)) from None
     if isinstance(archive, store.FileStore) and not archive.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import inputs
-from gateway.audit.archive import location, store
+from gateway.audit.archive import location, opening
 from tests.audit.archive.chains import ChainFiles
 
 
@@ -54,7 +54,7 @@ def test_stdin_is_one_input() -> None:
 
 
 def test_an_archive_url_lists_segments_and_checkpoint_notes(tmp_path: Path) -> None:
-    archive = store.open_store(f"file://{tmp_path}/archive")
+    archive = opening.open_store(f"file://{tmp_path}/archive")
     chain = "c" * 32
     archive.create(location.segment_name(chain, 1, 2), b'{"seq":1}\n{"seq":2}\n')
     archive.create(location.checkpoint_name(chain, 1), b"origin\n1\nroot\n\n- sig\n")

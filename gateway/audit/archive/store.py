@@ -2,7 +2,8 @@
 
 Two kinds behind one small interface. `FileStore` (a folder, `file:///PATH`) needs nothing
 but the standard library; `S3Store` (`s3://`, in `gateway.audit.archive.s3`) is imported only
-when an s3 URL is used, so its client is loaded by no process that does not need it.
+when an s3 URL is used (`gateway.audit.archive.opening`), so its client is loaded by no
+process that does not need it.
 
 Objects are never overwritten: `put_once` creates an object only if its name is free. A name
 that is taken by the same bytes is success (an upload repeated after a crash or a lost
@@ -17,7 +18,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Literal, Protocol
 
-from gateway.audit.archive.location import ArchiveUrl, parse
+from gateway.audit.archive.location import ArchiveUrl
 
 Outcome = Literal["created", "already_there"]
 
@@ -49,21 +50,6 @@ def put_once(store: Store, name: str, data: bytes) -> Outcome:
     if store.read(name) == data:
         return "already_there"
     raise Conflict(f"{name} already exists with other content; it is not overwritten")
-
-
-def open_store(text: str | ArchiveUrl) -> Store:
-    """The store for an archive URL. Raises BadArchiveUrl, or StoreError when the s3 client
-    (the `s3` extra) is not installed."""
-    url = parse(text) if isinstance(text, str) else text
-    if url.scheme == "file":
-        return FileStore(url)
-    try:
-        from gateway.audit.archive.s3 import S3Store  # only when used
-    except ImportError:
-        raise StoreError(
-            "s3:// archives need the s3 extra: pip install 'chroma-sync-gateway[s3]'"
-        ) from None
-    return S3Store(url)
 
 
 class FileStore:

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from gateway.audit.archive import store
+from gateway.audit.archive import opening, store
 from gateway.audit.archive.location import BadArchiveUrl
 from gateway.audit.archive.segments import LocalLines
 from gateway.audit.archive.uploader import Uploader
@@ -82,7 +82,7 @@ class _Commands:
 
 def run(audit_path: str, archive_url: str) -> int:
     try:
-        archive = store.open_store(archive_url)
+        archive = opening.open_store(archive_url)
     except (BadArchiveUrl, store.StoreError) as exc:
         log.error("audit.archive_unavailable", problem=str(exc))
         return 2

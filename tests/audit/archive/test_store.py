@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.audit.archive import location, store
+from gateway.audit.archive import location, opening, store
 from tests.audit.archive.conftest import S3Server
 
 
@@ -43,7 +43,7 @@ def test_object_names_hold_twenty_digit_seqs_and_parse_back() -> None:
 
 
 def test_a_folder_store_never_overwrites_and_accepts_the_same_bytes(tmp_path: Path) -> None:
-    archive = store.open_store(f"file://{tmp_path}/archive")
+    archive = opening.open_store(f"file://{tmp_path}/archive")
     assert store.put_once(archive, "c/a.jsonl", b"one\n") == "created"
     assert store.put_once(archive, "c/a.jsonl", b"one\n") == "already_there"
     with pytest.raises(store.Conflict, match="other content"):
@@ -56,7 +56,7 @@ def test_a_folder_store_never_overwrites_and_accepts_the_same_bytes(tmp_path: Pa
 
 def test_s3_puts_are_accepted_by_an_object_lock_bucket_and_never_overwrite(
         s3_env: None, s3_server: S3Server, bucket: str) -> None:
-    archive = store.open_store(f"s3://{bucket}/fleet")
+    archive = opening.open_store(f"s3://{bucket}/fleet")
     assert store.put_once(archive, "c/x.jsonl", b"line\n") == "created"
     assert store.put_once(archive, "c/x.jsonl", b"line\n") == "already_there"
     with pytest.raises(store.Conflict):
@@ -78,6 +78,6 @@ def test_the_locked_bucket_refuses_a_put_without_a_checksum(
 
 
 def test_a_put_the_store_refuses_is_a_store_error_naming_the_code(s3_env: None) -> None:
-    archive = store.open_store("s3://no-such-bucket-here/fleet")
+    archive = opening.open_store("s3://no-such-bucket-here/fleet")
     with pytest.raises(store.StoreError, match="NoSuchBucket"):
         archive.create("c/x.jsonl", b"x\n")

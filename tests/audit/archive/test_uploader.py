@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.archive import location, store
+from gateway.audit.archive import location, opening, store
 from gateway.audit.archive.segments import LocalLines
 from gateway.audit.archive.uploader import BACKOFF_START, Uploader
 from tests.audit.archive.chains import ChainFiles
@@ -30,7 +30,7 @@ def drain(uploader: Uploader) -> None:
 
 
 def archive_of(tmp_path: Path) -> store.Store:
-    return store.open_store(f"file://{tmp_path}/archive")
+    return opening.open_store(f"file://{tmp_path}/archive")
 
 
 def files_in(root: Path) -> dict[str, bytes]:
@@ -187,7 +187,7 @@ def test_a_long_chain_arrives_whole_in_either_store(
         log.checkpoint()
         if n % 7 == 6:
             log.rotate()
-    archive = store.open_store(url)
+    archive = opening.open_store(url)
     uploader = Uploader(archive, LocalLines(str(log.path)), lambda r: None)
     uploader.durable(log.chain, log.seq)
     drain(uploader)
