@@ -24,7 +24,7 @@ from gateway.access.identity import (
     ServiceAccountAuthenticator,
     VerificationKey,
 )
-from gateway.config.load import IssuerConfig, TeamConfig
+from gateway.config.model import IssuerConfig, TeamConfig
 from gateway.secrets.watch import WatchedFile
 from tests.jwt_keys import AUDIENCE, ISSUER, ec_key, jwks, rsa_key
 

@@ -59,7 +59,7 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
     from gateway.access.auth import TeamKeyAuthenticator
     from gateway.audit import chain as audit_chain
     from gateway.cancel.cancellation import Cancellation, cancel_record
-    from gateway.config.load import TeamConfig
+    from gateway.config.model import TeamConfig
     from gateway.server.router import framing_problem, pick_request_id
     from gateway.telemetry import logs
     from gateway.telemetry.metrics import Metrics
@@ -112,7 +112,7 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
     results.append(("map upstream 202 (mapping.interpret)",
                     per_call_us(lambda: mapping.interpret(answer, secrets=("t" * 40,)), n),
                     "1 call"))
-    from gateway.config.load import UpstreamConfig
+    from gateway.config.model import UpstreamConfig
     from gateway.upstream.client import UpstreamClient
 
     config = UpstreamConfig(base_url="http://127.0.0.1:9", token_env="UNUSED")  # noqa: S106
@@ -140,8 +140,8 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
 
 async def audit_roundtrips(n: int, folder: Path) -> list[tuple[str, float, float, float]]:
     """(name, median, mean, CPU us) of one awaited AuditLog.write, as the gateway does it."""
-    from gateway.audit.log import AuditLog
-    from gateway.config.load import AuditConfig
+    from gateway.audit.writer import AuditLog
+    from gateway.config.model import AuditConfig
 
     body = {"ts": "2026-01-01T00:00:00.000Z", "event": "cancel.attempt", "request_id": "r" * 36,
             "invocation_id": "0b8f1d6e-5a3c-4e2b-9f7a-1c2d3e4f5a6b", "team": "bench",
@@ -178,7 +178,7 @@ async def upstream_roundtrips(port: int, n: int) -> list[tuple[str, float, float
     """(name, median, mean, CPU us) of one cancel to the stand-in by each client stack."""
     import aiohttp
 
-    from gateway.config.load import UpstreamConfig
+    from gateway.config.model import UpstreamConfig
     from gateway.upstream.client import UpstreamClient
 
     ids = procs.invocation_ids(64)

@@ -60,12 +60,13 @@ def package_of(short: str) -> str:
 # seal counts as "audit seal". First matching rule wins.
 _COMPONENTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     # (component, file prefixes, function names)
-    ("audit: os.write + os.fdatasync (on the event loop)", (), ("AuditLog._append",)),
+    ("audit: os.write + os.fdatasync (on the event loop)", (), ("LogFile.append",)),
     ("inbound HTTP: the response's socket write", (), ("OneWriteResponses.write",)),
     ("audit: seal records (json + sha256)", ("gateway/audit/chain.py",),
-     ("AuditLog._seal_batch", "AuditLog._seal")),
+     ("ChainHead.seal_batch", "ChainHead.seal")),
     ("audit: build records + timestamps", (), ("Gateway._record", "utc_timestamp")),
-    ("audit: queue and flush (gateway.audit: stat, settle)", ("gateway/audit/log.py",), ()),
+    ("audit: queue and flush (gateway.audit: stat, settle)",
+     ("gateway/audit/writer.py", "gateway/audit/files.py", "gateway/audit/head.py"), ()),
     ("threads: file watching reads, executor",
      ("stdlib/concurrent/", "stdlib/threading.py", "stdlib/queue.py"),
      ("BaseEventLoop.run_in_executor", "_chain_future.<locals>._call_set_state",

@@ -43,7 +43,8 @@ STEPS = ("recv", "app", "queued", "syncing", "durable", "put", "answer", "answer
 
 def hook(out_path: str) -> None:
     """In the gateway process: wrap the steps, write the notes at exit."""
-    from gateway.audit import log as audit
+    from gateway.audit import files as audit_files
+    from gateway.audit import writer as audit
     from gateway.server import app
     from gateway.server import protocol as server
     from gateway.upstream import transport
@@ -87,7 +88,7 @@ def hook(out_path: str) -> None:
 
     audit.AuditLog.write = write  # type: ignore[method-assign]
 
-    appended = audit.AuditLog._append
+    appended = audit_files.LogFile.append
 
     def append(self: Any, data: bytes, sync: bool) -> None:
         if sync:
@@ -96,7 +97,7 @@ def hook(out_path: str) -> None:
         if sync:
             note("durable")
 
-    audit.AuditLog._append = append  # type: ignore[method-assign]
+    audit_files.LogFile.append = append  # type: ignore[method-assign]
 
     exchanged = transport._Connection.exchange
 

@@ -1,3 +1,3 @@
 """chroma-sync-gateway: an authenticating, auditing gateway for Chroma Sync cancellations."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

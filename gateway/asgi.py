@@ -22,6 +22,8 @@ TIMED_OUT = "gateway.timed_out"
 # Set in the scope by the protocol: the live collection of requests in progress (uvicorn's
 # tasks, every connection's). A cancel that is the only one writes its attempt record at once.
 IN_PROGRESS = "gateway.in_progress"
+# Set in the scope by a plain route that answers with an error: its code, for the access log.
+ERROR = "gateway.error"
 
 
 class ClientGone(Exception):
@@ -36,6 +38,7 @@ class Exchange:
     route: str = "other"
     status: int = 0
     team: str | None = None
+    error: str | None = None  # the `error` code answered, if any
 
 
 async def read_body(

@@ -112,6 +112,7 @@ def write_config(
     server: Mapping[str, Any] | None = None,
     teams: list[dict[str, Any]] | None = None,
     issuers: list[dict[str, Any]] | None = None,
+    traces: Mapping[str, Any] | None = None,
     token: str | None = UPSTREAM_TOKEN,
 ) -> Path:
     """A config in `folder`; the token goes to `folder/token` unless `token` is None."""
@@ -135,6 +136,8 @@ def write_config(
     }
     if issuers:
         data["issuers"] = issuers
+    if traces:
+        data["traces"] = dict(traces)
     path = folder / "config.toml"
     path.write_text(render_toml(data))
     return path

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.audit.log import AuditUnavailable
+from gateway.audit.writer import AuditUnavailable
 from gateway.errors import (
     GatewayError,
     RequestRejected,

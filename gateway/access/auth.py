@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.access import keys
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 from gateway.errors import RequestRejected, unauthenticated
 
 # A bearer key is 47 characters; anything far longer is not a key and is not worth hashing.

@@ -25,7 +25,7 @@ import structlog
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.access.auth import MAX_JWT_BYTES, Principal
-from gateway.config.load import Config, IssuerConfig, TeamConfig
+from gateway.config.model import Config, IssuerConfig, TeamConfig
 from gateway.errors import unauthenticated
 from gateway.secrets.watch import WatchedFile
 

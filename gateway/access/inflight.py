@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 from gateway.errors import RequestRejected
 
 

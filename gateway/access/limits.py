@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 
 
 class TokenBucket:

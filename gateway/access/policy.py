@@ -27,7 +27,7 @@ from gateway.access.auth import (
 from gateway.access.inflight import InFlight
 from gateway.access.limits import TeamLimits
 from gateway.access.scopes import ScopeAuthorizer
-from gateway.config.load import Config, TeamConfig
+from gateway.config.model import Config, TeamConfig
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:  # identity (PyJWT, cryptography) is imported only when issuers are configured

@@ -1,8 +1,9 @@
 """The audit log's hash chain: canonical encoding, record hashes and MACs.
 
 This module is the single definition of what the security team verifies. The writer
-(`gateway.audit.log`) and the verifier (`gateway.audit.verify`) both seal and check records through
-it, so the two can never disagree about the bytes that are hashed.
+(`gateway.audit.writer`, through `gateway.audit.head`) and the verifier (`gateway.audit.verify`)
+both seal and check records through it, so the two can never disagree about the bytes that are
+hashed.
 
 Canonical encoding of a record: the record without its `hash` and `mac` members, as JSON with
 keys sorted, separators `,` and `:` with no spaces, non-ASCII characters written as themselves,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.audit.log import utc_timestamp
+from gateway.audit.timestamps import utc_timestamp
 
 # Refusals that can come before a key is checked (or with no valid key at all), and the
 # outcome each stands for in a record that names none (a bulk cancel's `batch.result`).

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.access.auth import Principal
-from gateway.audit.log import utc_timestamp
+from gateway.audit.timestamps import utc_timestamp
 from gateway.cancel.bulk_request import BulkRequest
 
 WOULD_CANCEL = "would_cancel"  # a dry run's outcome for a job it would cancel

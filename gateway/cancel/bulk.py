@@ -34,7 +34,7 @@ from gateway.asgi import (
     send_error,
     send_response,
 )
-from gateway.audit.log import AuditUnavailable
+from gateway.audit.writer import AuditUnavailable
 from gateway.cancel.batch import WOULD_CANCEL, Batch, ItemResult, counts_of, item_request_id
 from gateway.cancel.bulk_request import BulkRequest, check_content_type, parse_request, read_body
 from gateway.cancel.cancellation import Cancellation
@@ -55,6 +55,7 @@ async def handle(
 ) -> None:
     """The bulk-cancel route, checks in the single cancel's order, then the batch."""
     if scope["method"] != "POST":
+        exchange.error = "method_not_allowed"
         await send_error(send, method_not_allowed("POST"))
         return
     headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -117,6 +118,7 @@ async def handle(
             await send_error(send, failure, close=close)
         except Exception:
             log.exception("bulk.answer_failed", request_id=batch.request_id)
+    exchange.error = error
     await _write_result(pipeline, batch, status=status, error=error, results=results)
 
 
@@ -138,6 +140,7 @@ async def _listing(pipeline: CancelPipeline, request: BulkRequest, token: str, r
         listing = await list_pending(pipeline.upstream, request, token=token,
                                      request_id=request_id)
     except GatewayError as exc:
+        pipeline.count_failure("list_jobs", exc)
         log.warning("upstream.list_failed", request_id=request_id, error=exc.code,
                     upstream_status=exc.upstream_status)
         raise

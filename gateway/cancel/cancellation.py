@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.access.auth import Principal
-from gateway.audit.log import utc_timestamp
+from gateway.audit.timestamps import utc_timestamp
 from gateway.jobs import JobContext
 
 

@@ -31,14 +31,21 @@ from gateway.asgi import (
     send_error,
     send_response,
 )
-from gateway.audit.log import AuditLog, AuditUnavailable
 from gateway.audit.suppression import DeniedSuppression
+from gateway.audit.writer import AuditLog, AuditUnavailable
 from gateway.cancel.cancellation import Cancellation, cancel_record
-from gateway.config.load import Config
-from gateway.errors import GatewayError, RequestRejected, ServiceUnavailable, method_not_allowed
-from gateway.jobs import JobContext
+from gateway.config.model import Config
+from gateway.errors import (
+    GatewayError,
+    RequestRejected,
+    ServiceUnavailable,
+    UpstreamRefused,
+    method_not_allowed,
+)
+from gateway.jobs import Job, JobContext
 from gateway.secrets.sources import SecretSource
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.traces import TRACES_OFF, Traces
 from gateway.upstream import mapping, retry
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
@@ -61,7 +68,7 @@ class CancelPipeline:
     def __init__(
         self, config: Config, *, policy: Policy, token: SecretSource, audit: AuditLog,
         upstream: UpstreamClient, lookup: JobLookup, breaker: CircuitBreaker,
-        denied: DeniedSuppression, metrics: Metrics,
+        denied: DeniedSuppression, metrics: Metrics, traces: Traces = TRACES_OFF,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -72,6 +79,7 @@ class CancelPipeline:
         self.breaker = breaker
         self.denied = denied
         self.metrics = metrics
+        self.traces = traces
         self.retry_policy = retry.RetryPolicy(config.upstream.retries, config.upstream.deadline)
         self.draining = False  # set by SIGTERM: a bulk cancel starts no further cancels
 
@@ -81,6 +89,7 @@ class CancelPipeline:
     ) -> None:
         """`PUT /api/v1/invocations/{invocation_id}`, from its checks to its result record."""
         if scope["method"] != "PUT":
+            exchange.error = "method_not_allowed"
             await send_error(send, method_not_allowed("PUT"))
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -121,8 +130,8 @@ class CancelPipeline:
             probe = self.breaker.admit()
             scopes = policy.scopes
             if scopes.needs_lookup(principal.team) or self.config.audit.record_context:
-                cancel.context = await self.job_context(cancel.invocation_id, token,
-                                                        cancel.request_id)
+                cancel.context = await self.traces.traced("get_job", self.job_context)(
+                    cancel.invocation_id, token, cancel.request_id)
                 if scopes.needs_lookup(principal.team):
                     scopes.authorize_job(principal.team, cancel.context)
             reply = await self.forward(cancel, token)
@@ -154,6 +163,7 @@ class CancelPipeline:
                 await send_error(send, failure, close=failure.status == 413)
             except Exception:
                 log.exception("cancel.answer_failed", request_id=cancel.request_id)
+        exchange.error = error
         await self.finish(cancel, status=status, outcome=outcome, error=error)
 
     def check_rate(self, policy: Policy, team: str) -> None:
@@ -177,17 +187,18 @@ class CancelPipeline:
     async def forward(self, cancel: Cancellation, token: str) -> mapping.Reply:
         """What every cancel goes through: for each try, its durable attempt record, then the
         PUT, mapped; retried when safe and settled by a lookup when ambiguous (`retry`)."""
-        # Lambdas returning the coroutines: no extra coroutine frames on the hot path.
+        # Lambdas returning the coroutines: no extra coroutine frames on the hot path (nor
+        # spans: `traced` gives them back as they are while tracing is off).
+        traced = self.traces.traced
         sender = retry.Sender(
             cancel, self.retry_policy, started=cancel.started,
-            record_attempt=lambda: self.audit.write(cancel_record(
+            record_attempt=traced("audit.commit", lambda: self.audit.write(cancel_record(
                 "cancel.attempt", cancel, outcome="pending", status=None, error=None),
-                alone=cancel.alone),
-            put=lambda timeout: self._put(cancel.invocation_id, token, cancel.request_id,
-                                          timeout),
-            look_up=lambda timeout: self.lookup.job(cancel.invocation_id, token=token,
-                                                    request_id=cancel.request_id,
-                                                    timeout=timeout),
+                alone=cancel.alone)),
+            put=traced("cancel", lambda timeout: self._put(
+                cancel.invocation_id, token, cancel.request_id, timeout)),
+            look_up=traced("get_job", lambda timeout: self._settle(
+                cancel.invocation_id, token, cancel.request_id, timeout)),
             blocked=lambda: self.breaker.blocking,
         )
         return await sender.send()
@@ -218,11 +229,30 @@ class CancelPipeline:
                                                      request_id=request_id)
         except GatewayError as exc:
             self.metrics.job_lookups.labels("failed").inc()
+            self.count_failure("get_job", exc)
             log.warning("upstream.lookup_failed", request_id=request_id, error=exc.code,
                         upstream_status=exc.upstream_status)
             raise
         self.metrics.job_lookups.labels("hit" if hit else "miss").inc()
         return context
+
+    def count_failure(self, call: str, exc: GatewayError) -> None:
+        """An exchange of `call` (cancel, get_job, list_jobs) with no usable answer: counted,
+        so that one alert covers a refused token whichever call met it first. A refusal that
+        upstream meant for the caller (a 404 lookup) is an answer, not a failure."""
+        if not isinstance(exc, UpstreamRefused):
+            self.metrics.upstream_failures.labels(exc.code, call).inc()
+
+    async def _settle(
+        self, invocation_id: str, token: str, request_id: str, timeout: float | None
+    ) -> Job:
+        """The lookup that settles an ambiguous try (`retry`), its failures counted."""
+        try:
+            return await self.lookup.job(invocation_id, token=token, request_id=request_id,
+                                         timeout=timeout)
+        except GatewayError as exc:
+            self.count_failure("get_job", exc)
+            raise
 
     async def _put(
         self, invocation_id: str, token: str, request_id: str, timeout: float | None = None
@@ -231,7 +261,7 @@ class CancelPipeline:
             answer = await self.upstream.cancel(invocation_id, token=token, request_id=request_id,
                                                 timeout=timeout)
         except GatewayError as exc:
-            self.metrics.upstream_failures.labels(exc.code).inc()
+            self.count_failure("cancel", exc)
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
                         message=exc.message)
             raise
@@ -241,7 +271,7 @@ class CancelPipeline:
             return mapping.interpret(answer, secrets=(token,))
         except GatewayError as exc:
             exc.upstream_status = answer.status
-            self.metrics.upstream_failures.labels(exc.code).inc()
+            self.count_failure("cancel", exc)
             log.warning("upstream.failed", request_id=request_id, error=exc.code,
                         upstream_status=answer.status)
             raise

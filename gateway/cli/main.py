@@ -1,4 +1,4 @@
-"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo.
+"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo, standin.
 
 Exit status: 0 success, 2 usage or configuration error, 1 anything else.
 """
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
+from gateway.config.teams import TEAM_NAME_RE
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -42,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands = key_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     new = key_commands.add_parser("new", help="print a new team key and its stored form")
     new.add_argument("--team", required=True)
+    new.add_argument("--out", metavar="FILE",
+                     help="write the key to FILE (created with mode 0600) instead of printing it")
     key_commands.add_parser("hash", help="read a key on stdin, print its stored form")
+    trial = key_commands.add_parser(
+        "jwks", help="make a throwaway issuer to try workload identity: a JWKS and a token")
+    trial.add_argument("--out-dir", required=True, metavar="DIR",
+                       help="folder for jwks.json and token (must not hold them yet)")
+    trial.add_argument("--service-account", required=True, metavar="NAMESPACE/NAME")
+    trial.add_argument("--issuer", default="https://kubernetes.default.svc.cluster.local")
+    trial.add_argument("--audience", default="chroma-sync-gateway")
+    trial.add_argument("--hours", type=float, default=1.0, help="token lifetime (default 1)")
 
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
@@ -71,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run against an embedded Chroma Sync stand-in")
     demo.add_argument("--port", type=int, default=8080,
                       help="port to try first (default 8080; a free one if it is taken)")
+
+    standin = commands.add_parser(
+        "standin", help="run the embedded Chroma Sync stand-in on loopback, to try `serve`")
+    standin.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    standin.add_argument("--port", type=int, default=8765, help="default 8765 (0: any free)")
+    standin.add_argument("--token-file", metavar="FILE",
+                         help="the token it accepts: read from FILE, or made and written there")
+    standin.add_argument("--seed", type=int, default=1,
+                         help="seed of the invocation ids it holds (default 1)")
     return parser
 
 
@@ -105,22 +126,41 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.demo import run as demo
 
         return demo.run(port=args.port)
+    if args.command == "standin":
+        from gateway.cli import standin
+
+        return standin.run(host=args.host, port=args.port, token_file=args.token_file,
+                           seed_value=args.seed, out=sys.stdout, err=sys.stderr)
     return _serve(args)
 
 
 def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "new":
-        if not config.TEAM_NAME_RE.fullmatch(args.team):
+        if not TEAM_NAME_RE.fullmatch(args.team):
             print("keys new: --team must be 1 to 64 of [A-Za-z0-9._-], starting alphanumeric "
                   "(as [[teams]] name), got " + ascii(args.team[:80]), file=sys.stderr)
             return EXIT_USAGE
         key = keys.new_key()
+        if args.out is not None:
+            try:
+                descriptor = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                print(f"keys new: --out {args.out}: {exc.strerror}", file=sys.stderr)
+                return EXIT_USAGE
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(key + "\n")
         print(f"team:   {args.team}")
-        print(f"key:    {key}")
+        print(f"key:    {'written to ' + args.out if args.out is not None else key}")
         print(f"stored: {keys.stored_form(key)}")
         print("Give the key to the team once; put only the stored form in the config "
               "([[teams]] keys).", file=sys.stderr)
         return EXIT_OK
+    if args.keys_command == "jwks":
+        from gateway.cli import trial_issuer
+
+        return trial_issuer.run(folder=args.out_dir, service_account=args.service_account,
+                                issuer=args.issuer, audience=args.audience, hours=args.hours,
+                                out=sys.stdout, err=sys.stderr)
     data = sys.stdin.buffer.read()
     try:
         key = data.decode("utf-8").strip()
@@ -139,7 +179,7 @@ def _keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
+def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     from gateway.secrets.sources import fingerprint, upstream_token_source
 
     up = cfg.upstream
@@ -190,7 +230,7 @@ def _check_config(cfg: config.Config, *, strict: bool = False) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.audit.log import AuditLocked
+    from gateway.audit.files import AuditLocked
     from gateway.server import protocol as server
     from gateway.server.protocol import CannotListen
     from gateway.telemetry import logs

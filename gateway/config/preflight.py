@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gateway.config.load import Config
+from gateway.config.model import Config
 from gateway.secrets.sources import MIN_HMAC_KEY_CHARS, FileSecret, upstream_token_source
 
 

@@ -14,45 +14,18 @@ import shlex
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
+from gateway.demo.seed import API_SOURCE, DOCS_SOURCE, IMAGES_SOURCE, WEB_SOURCE, Seeded, seed
 from gateway.demo.standin import StandIn
 from gateway.server import protocol as server
 from gateway.server.app import Gateway
 from gateway.telemetry import logs
 
-# Two teams with different scopes over two databases, as a real account might hold them.
-DOCS_SOURCE = "0b8e1d2c-3a4f-4b5c-8d6e-7f8091a2b3c4"  # docs/handbook, from GitHub
-API_SOURCE = "1c9f2e3d-4b5a-4c6d-9e7f-8091a2b3c4d5"  # docs/api-reference, a web scrape
-WEB_SOURCE = "2d0a3f4e-5c6b-4d7e-8f90-a1b2c3d4e5f6"  # search/web, a web scrape
-IMAGES_SOURCE = "3e1b4a5f-6d7c-4e8f-9a01-b2c3d4e5f6a7"  # search/images, from S3
 DEMO_TEAMS = (("docs", ["database:docs"]), ("search", ["collection:search/web"]))
-
-
-@dataclass(frozen=True)
-class Seeded:
-    docs_pending: list[str]
-    search_pending: list[str]
-
-
-def seed(standin: StandIn) -> Seeded:
-    """Pending and finished invocations across two databases, four collections and sources."""
-    def add(count: int, database: str, collection: str, source: str, kind: str,
-            state: str = "pending") -> list[str]:
-        return [standin.add_invocation(state=state, database=database, collection=collection,
-                                       source_id=source, kind=kind) for _ in range(count)]
-
-    docs = add(3, "docs", "handbook", DOCS_SOURCE, "github")
-    add(1, "docs", "handbook", DOCS_SOURCE, "github", state="processing")
-    add(1, "docs", "handbook", DOCS_SOURCE, "github", state="complete")
-    docs += add(2, "docs", "api-reference", API_SOURCE, "web_scrape")
-    search = add(3, "search", "web", WEB_SOURCE, "web_scrape")
-    search += add(2, "search", "images", IMAGES_SOURCE, "s3")
-    add(1, "search", "images", IMAGES_SOURCE, "s3", state="failed")
-    return Seeded(docs, search)
 
 
 def free_port(preferred: int) -> int:
@@ -69,7 +42,7 @@ def free_port(preferred: int) -> int:
 
 def demo_config(
     folder: Path, upstream_url: str, port: int, team_keys: dict[str, str], token: str
-) -> config.Config:
+) -> model.Config:
     (folder / "token").write_text(token + "\n")
     (folder / "token").chmod(0o600)
     return config.parse(
@@ -109,7 +82,7 @@ def run(*, port: int = 8080) -> int:
 
 
 def _print_instructions(
-    cfg: config.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
+    cfg: model.Config, team_keys: dict[str, str], seeded: Seeded, audit_path: str
 ) -> None:
     base = f"http://{cfg.server.host}:{cfg.server.port}"
 

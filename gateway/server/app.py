@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 import structlog
 from starlette.applications import Starlette
 
+from gateway import __version__
 from gateway.access.policy import Policy, build_policy
 from gateway.asgi import Receive, Scope, Send
-from gateway.audit.log import AuditLog
 from gateway.audit.suppression import DeniedSuppression
+from gateway.audit.writer import AuditLog
 from gateway.cancel.pipeline import CancelPipeline
-from gateway.config.load import Config
+from gateway.config.model import Config
 from gateway.secrets.sources import (
     MIN_HMAC_KEY_CHARS,
     FileSecret,
@@ -33,11 +34,23 @@ from gateway.server.reload import Reloader
 from gateway.server.router import Router
 from gateway.telemetry import logs
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.traces import TRACES_OFF, Traces
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.lookup import JobLookup
 
 log = structlog.get_logger("gateway")
+
+
+def traces_for(config: Config) -> Traces:
+    """Tracing as `[traces]` says: off (nothing imported) unless an endpoint is set."""
+    settings = config.traces
+    if settings.otlp_endpoint is None:
+        return TRACES_OFF
+    from gateway.telemetry.traces import OtelTraces
+
+    return OtelTraces(endpoint=settings.otlp_endpoint, service_name=settings.service_name,
+                      sample_ratio=settings.sample_ratio, version=__version__)
 
 
 class Gateway:
@@ -54,6 +67,7 @@ class Gateway:
         metrics: Metrics,
         policy: Policy,
         secrets: tuple[SecretSource, ...] = (),
+        traces: Traces = TRACES_OFF,
     ) -> None:
         self.token = token
         self.audit = audit
@@ -64,10 +78,12 @@ class Gateway:
             on_change=lambda opened: metrics.circuit_open.set(1 if opened else 0),
         )
         upstream.on_exchange = breaker.record  # every exchange, lookups included
+        if traces.enabled:
+            upstream.trace_headers = traces.outgoing
         self.pipeline = CancelPipeline(
             config, policy=policy, token=token, audit=audit, upstream=upstream,
             lookup=JobLookup(upstream, cache_size=config.upstream.lookup_cache),
-            breaker=breaker, metrics=metrics,
+            breaker=breaker, metrics=metrics, traces=traces,
             denied=DeniedSuppression(
                 config.audit.denied_per_second, write=audit.write_later,
                 on_suppressed=metrics.audit_suppressed.inc,
@@ -123,6 +139,7 @@ class Gateway:
             metrics=metrics,
             policy=build_policy(config, metrics),
             secrets=(token,) + ((mac_key,) if mac_key else ()),
+            traces=traces_for(config),
         )
         for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
             gateway.watcher.add(issuer.file, issuer.adopt)
@@ -164,6 +181,8 @@ class Gateway:
         self.pipeline.denied.sweep(everything=True)
         await self.audit.close()
         await self.upstream.aclose()
+        # Last: the spans of the cancels that just finished are sent too.
+        await asyncio.to_thread(self.pipeline.traces.shutdown)
         log.info("gateway.stopped", audit_records=self.audit.records_written)
 
     def drain(self) -> None:

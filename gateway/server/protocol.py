@@ -19,7 +19,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.asgi import IN_PROGRESS, TIMED_OUT
-from gateway.config.load import Config, ServerConfig
+from gateway.config.model import Config, ServerConfig
 from gateway.errors import error_body
 from gateway.server.app import Gateway
 

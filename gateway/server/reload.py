@@ -24,10 +24,11 @@ import structlog
 
 from gateway.access import keys
 from gateway.access.policy import build_policy
-from gateway.audit.log import AuditUnavailable, utc_timestamp
+from gateway.audit.timestamps import utc_timestamp
+from gateway.audit.writer import AuditUnavailable
 from gateway.cancel.pipeline import CancelPipeline
 from gateway.config import load as config_module
-from gateway.config.load import Config, TeamConfig
+from gateway.config.model import Config, TeamConfig
 from gateway.errors import ConfigError
 from gateway.secrets.watch import WatchedFile, Watcher
 

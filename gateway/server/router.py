@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.asgi import Exchange, Message, Receive, Scope, Send, send_error
+from gateway.asgi import ERROR, Exchange, Message, Receive, Scope, Send, send_error
 from gateway.cancel import bulk
 from gateway.cancel.pipeline import CANCEL_PREFIX, CANCEL_ROUTE, CancelPipeline
 from gateway.errors import RequestRejected, ServiceUnavailable, method_not_allowed, render
@@ -107,33 +107,48 @@ class Router:
 
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         rest = raw_path[len(CANCEL_PREFIX):] if raw_path.startswith(CANCEL_PREFIX) else None
-        try:
-            problem = framing_problem(headers)
-            if problem is not None:
-                problem = f"ambiguous message framing: {problem}"
-            else:
-                problem = host_problem(scope["http_version"], headers)
-            if problem is not None:
-                exchange.route = "framing"
-                await send_error(send_with_id, RequestRejected(problem, status=400,
-                                                               code="bad_request"), close=True)
-            elif rest is not None and b"/" not in rest:
-                exchange.route = CANCEL_ROUTE
-                await self.pipeline.cancel(scope, receive, send_with_id, exchange, rest, started)
-            elif raw_path == bulk.PATH:
-                exchange.route = bulk.ROUTE
-                await bulk.handle(self.pipeline, scope, receive, send_with_id, exchange, started)
-            else:
-                exchange.route = scope["path"] if scope["path"] in PLAIN_ROUTES else "other"
-                await self.plain(scope, receive, send_with_id)
-        finally:
-            seconds = time.perf_counter() - started
-            self.pipeline.metrics.request_seconds.labels(exchange.route).observe(seconds)
-            log.info(
-                "access", request_id=exchange.request_id, method=scope["method"],
-                route=exchange.route, status=exchange.status,
-                duration_ms=round(seconds * 1000, 3), team=exchange.team,
-            )
+        # The request's span (a no-op while tracing is off), around all of it: the access log
+        # line and the span say the same.
+        with self.pipeline.traces.request("request", headers) as span:
+            try:
+                problem = framing_problem(headers)
+                if problem is not None:
+                    problem = f"ambiguous message framing: {problem}"
+                else:
+                    problem = host_problem(scope["http_version"], headers)
+                if problem is not None:
+                    exchange.route, exchange.error = "framing", "bad_request"
+                    await send_error(send_with_id, RequestRejected(
+                        problem, status=400, code="bad_request"), close=True)
+                elif rest is not None and b"/" not in rest:
+                    exchange.route = CANCEL_ROUTE
+                    await self.pipeline.cancel(scope, receive, send_with_id, exchange, rest,
+                                               started)
+                elif raw_path == bulk.PATH:
+                    exchange.route = bulk.ROUTE
+                    await bulk.handle(self.pipeline, scope, receive, send_with_id, exchange,
+                                      started)
+                else:
+                    exchange.route = scope["path"] if scope["path"] in PLAIN_ROUTES else "other"
+                    await self.plain(scope, receive, send_with_id)
+            finally:
+                seconds = time.perf_counter() - started
+                self.pipeline.metrics.request_seconds.labels(exchange.route).observe(seconds)
+                log.info(
+                    "access", request_id=exchange.request_id, method=scope["method"],
+                    route=exchange.route, status=exchange.status,
+                    duration_ms=round(seconds * 1000, 3), team=exchange.team,
+                    error=exchange.error or scope.get(ERROR),
+                )
+                if span is not None:
+                    span.update_name(f"{scope['method']} {exchange.route}")
+                    span.set_attributes({
+                        "http.request.method": scope["method"], "http.route": exchange.route,
+                        "http.response.status_code": exchange.status,
+                        "gateway.request_id": exchange.request_id,
+                        "gateway.team": exchange.team or "",
+                        "gateway.error": exchange.error or scope.get(ERROR) or "",
+                    })
 
     # -- plain routes -----------------------------------------------------------------------
 
@@ -150,6 +165,7 @@ class Router:
                 "not ready: the audit log can't be written", code="audit_unavailable")
         self._update_gauges()
         if problem is not None:
+            request.scope[ERROR] = problem.code
             status, _, body = render(problem)
             return Response(body, status, media_type="application/json")
         return JSONResponse({"status": "ready"})
@@ -164,6 +180,7 @@ class Router:
             error = method_not_allowed((exc.headers or {}).get("Allow", "GET"))
         else:
             error = RequestRejected("no such route", status=404, code="not_found")
+        request.scope[ERROR] = error.code
         status, headers, body = render(error)
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 

@@ -35,7 +35,8 @@ class Metrics:
         )
         self.upstream_failures = Counter(
             "chroma_sync_gateway_upstream_failures",
-            "Upstream exchanges with no usable answer, by error code.", ["error"], registry=r,
+            "Upstream exchanges with no usable answer, by error code and call (cancel, get_job, "
+            "list_jobs).", ["error", "call"], registry=r,
         )
         self.job_lookups = Counter(
             "chroma_sync_gateway_job_lookups",

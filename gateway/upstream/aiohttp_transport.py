@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config.load import UpstreamConfig
+from gateway.config.model import UpstreamConfig
 
 ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError,)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 
 from gateway import __version__
-from gateway.config.load import Transport, UpstreamConfig
+from gateway.config.model import Transport, UpstreamConfig
 from gateway.errors import UpstreamFailure
 from gateway.upstream.transport import (
     ConnectFailed,
@@ -71,6 +71,8 @@ class UpstreamClient:
         self.transport_name = transport
         # Told of every exchange: True when it failed (transport error, timeout or 5xx).
         self.on_exchange: Callable[[bool], None] | None = None
+        # Headers that carry the current trace upstream (`traceparent`), when tracing is on.
+        self.trace_headers: Callable[[], list[tuple[str, str]]] | None = None
         context = ssl_context(config.ca_file)
         # Per-phase timeouts only bound the connect; the whole exchange has its own deadline.
         self._extensions = {
@@ -137,18 +139,16 @@ class UpstreamClient:
     async def _exchange(self, method: str, url: httpx.URL | str, token: str, request_id: str,
                         timeout: float | None = None) -> UpstreamAnswer:
         # No client means no default headers (accept-encoding, connection) merged in: this
-        # list is the whole allowlist.
-        request = httpx.Request(
-            method,
-            url,
-            headers=[
-                ("x-chroma-token", token),
-                ("x-request-id", request_id),
-                ("accept", "application/json"),
-                ("user-agent", USER_AGENT),
-            ],
-            extensions=self._extensions,
-        )
+        # list is the whole allowlist (with `traceparent`, when tracing is on).
+        headers = [
+            ("x-chroma-token", token),
+            ("x-request-id", request_id),
+            ("accept", "application/json"),
+            ("user-agent", USER_AGENT),
+        ]
+        if self.trace_headers is not None:
+            headers += self.trace_headers()
+        request = httpx.Request(method, url, headers=headers, extensions=self._extensions)
         started = time.perf_counter()
         seconds = self._deadline if timeout is None else min(timeout, self._deadline)
         try:

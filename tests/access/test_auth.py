@@ -21,7 +21,7 @@ from gateway.access.auth import (
     TeamSwitchAuthorizer,
     bearer_credential,
 )
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 from gateway.errors import RequestRejected
 
 KEY_A1 = keys.new_key()

@@ -31,7 +31,7 @@ from gateway.access.identity import (
     TokenRefused,
     parse_jwks,
 )
-from gateway.config.load import IssuerConfig, TeamConfig
+from gateway.config.model import IssuerConfig, TeamConfig
 from gateway.errors import RequestRejected, render, unauthenticated
 from gateway.secrets.watch import WatchedFile
 from tests.jwt_keys import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.access.inflight import InFlight
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 from gateway.errors import RequestRejected
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.access.limits import TeamLimits, TokenBucket
-from gateway.config.load import TeamConfig
+from gateway.config.model import TeamConfig
 
 KEY = "sha256:" + "0" * 64
 

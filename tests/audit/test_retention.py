@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import chain as audit_chain
-from gateway.audit.log import AuditLog, rotated_files
-from tests.audit.test_log import body, config, records_of, run
+from gateway.audit.files import rotated_files
+from gateway.audit.writer import AuditLog
+from tests.audit.test_writer import body, config, records_of, run
 
 KEY = "auditors-key-0123456789abcdef0123456789"
 

@@ -17,6 +17,7 @@ from gateway.cancel.batch import ItemResult
 from gateway.cancel.bulk_request import BulkRequest
 from gateway.cancel.listing import Listing, list_pending
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.standin import ReceivedRequest, Respond, StandIn, json_response
 from gateway.errors import ConfigError, GatewayError, RequestRejected, UpstreamRefused
 from gateway.upstream.client import UpstreamClient
@@ -164,7 +165,7 @@ def test_counts_are_by_outcome_and_skip_what_has_no_result_yet() -> None:
 # -- the [bulk] table ------------------------------------------------------------------------
 
 
-def load(tmp_path: Path, extra: str) -> config.Config:
+def load(tmp_path: Path, extra: str) -> model.Config:
     data = {
         "upstream": {"base_url": "https://sync.example.test", "token_file": "token"},
         "audit": {"path": "audit.jsonl"},
@@ -208,7 +209,7 @@ def standin() -> Iterator[StandIn]:
 
 def listing(standin: StandIn, request: BulkRequest) -> Listing:
     async def run() -> Listing:
-        client = UpstreamClient(config.UpstreamConfig(base_url=standin.base_url,
+        client = UpstreamClient(model.UpstreamConfig(base_url=standin.base_url,
                                                       token_file="unused", timeout=2.0))
         try:
             return await list_pending(client, request, token=TOKEN, request_id="unit")

@@ -13,6 +13,8 @@ import pytest
 
 from gateway.access import keys
 from gateway.config import load as config
+from gateway.config import model
+from gateway.config.teams import STORED_KEY_RE
 from gateway.errors import ConfigError
 from tests.harness import render_toml
 
@@ -70,7 +72,7 @@ def load_error(tmp_path: Path, content: str | bytes | dict[str, Any]) -> str:
     return message.removeprefix(f"{path}: ")
 
 
-def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> config.Config:
+def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> model.Config:
     return config.load(str(write(tmp_path, content)))
 
 
@@ -79,7 +81,7 @@ def load_ok(tmp_path: Path, content: str | dict[str, Any]) -> config.Config:
 KEY_LINE = re.compile(r"^(#\s*)?([a-z_]+)\s*=\s*(.*)$")
 SECTIONS = {
     "[server]": "server", "[upstream]": "upstream", "[audit]": "audit", "[[teams]]": "teams",
-    "[[issuers]]": "issuers", "[bulk]": "bulk",
+    "[[issuers]]": "issuers", "[bulk]": "bulk", "[traces]": "traces",
 }
 
 
@@ -103,12 +105,13 @@ def accepted_keys() -> dict[str, set[str]]:
     return {
         name: {f.name for f in dataclasses.fields(cls)}
         for name, cls in (
-            ("server", config.ServerConfig),
-            ("upstream", config.UpstreamConfig),
-            ("audit", config.AuditConfig),
-            ("teams", config.TeamConfig),
-            ("issuers", config.IssuerConfig),
-            ("bulk", config.BulkConfig),
+            ("server", model.ServerConfig),
+            ("upstream", model.UpstreamConfig),
+            ("audit", model.AuditConfig),
+            ("teams", model.TeamConfig),
+            ("issuers", model.IssuerConfig),
+            ("bulk", model.BulkConfig),
+            ("traces", model.TracesConfig),
         )
     }
 
@@ -151,7 +154,7 @@ def test_example_config_holds_only_placeholder_stored_keys() -> None:
     cfg = config.load(str(EXAMPLE))
     for team in cfg.teams:
         for key in team.keys:
-            assert config.STORED_KEY_RE.fullmatch(key)
+            assert STORED_KEY_RE.fullmatch(key)
 
 
 def test_example_config_token_source_is_exactly_one_of_file_and_env() -> None:
@@ -195,14 +198,16 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
         "audit": {"path": "audit.jsonl"},
         "teams": [{"name": "billing", "keys": [KEY_A], "scope": ["*"]}],
     })
-    assert cfg.server == config.ServerConfig(host="127.0.0.1", port=8080, grace_period=10.0)
+    assert cfg.server == model.ServerConfig(host="127.0.0.1", port=8080, grace_period=10.0)
     up = cfg.upstream
     assert up.base_url == "https://sync.trychroma.com"
     assert (up.token_file, up.token_env, up.ca_file) == (None, "CHROMA_SYNC_TOKEN", None)
     assert (up.connect_timeout, up.timeout) == (2.0, 10.0)
     assert (up.max_connections, up.transport) == (100, "native")
-    assert cfg.audit == config.AuditConfig(
-        path="audit.jsonl", fsync=True, hmac_key_file=None, checkpoint_every=1000,
+    assert cfg.audit == model.AuditConfig(
+        # Relative to the config file's folder (tests/config/test_paths.py).
+        path=str(tmp_path / "audit.jsonl"), fsync=True, hmac_key_file=None,
+        checkpoint_every=1000,
         checkpoint_seconds=300.0, stdout=False, max_bytes=None,
     )
     team = cfg.teams[0]
@@ -771,8 +776,9 @@ def test_issuers_and_service_accounts_parse_into_frozen_values(tmp_path: Path) -
     data["issuers"].append({**ISSUER, "name": "dr", "issuer": "https://dr.example"})
     cfg = load_ok(tmp_path, data)
     assert cfg.issuers == (
-        config.IssuerConfig("prod", "https://kubernetes.default.svc", "csg", "jwks.json"),
-        config.IssuerConfig("dr", "https://dr.example", "csg", "jwks.json"),
+        model.IssuerConfig("prod", "https://kubernetes.default.svc", "csg",
+                           str(tmp_path / "jwks.json")),
+        model.IssuerConfig("dr", "https://dr.example", "csg", str(tmp_path / "jwks.json")),
     )
     assert cfg.teams[0].service_accounts == ("billing/worker", "billing/cron.v2")
     assert cfg.teams[0].keys == (KEY_A,)

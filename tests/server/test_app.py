@@ -30,6 +30,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from gateway.access import keys
 from gateway.access.limits import TeamLimits
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.standin import Respond, StandIn
 from gateway.server.app import Gateway
 from gateway.server.router import framing_problem, pick_request_id
@@ -63,7 +64,7 @@ PROPERTY_SETTINGS = settings(
 
 def make_config(
     folder: Path, upstream_url: str, *, token: str | None = TOKEN, audit_path: Path | None = None
-) -> config.Config:
+) -> model.Config:
     folder.mkdir(parents=True, exist_ok=True)
     token_path = folder / "token"
     if token is not None:

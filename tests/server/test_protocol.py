@@ -22,6 +22,7 @@ from uvicorn.server import ServerState
 from gateway.access import keys
 from gateway.asgi import IN_PROGRESS
 from gateway.config import load as config
+from gateway.config import model
 from gateway.demo.standin import StandIn
 from gateway.server.app import Gateway
 from gateway.server.protocol import (
@@ -111,7 +112,7 @@ def test_capture_signals_off_the_main_thread_installs_nothing() -> None:
 # -- GatewayHttpProtocol over a real socket -------------------------------------------------
 
 
-def gateway_config(folder: Path, upstream_url: str) -> config.Config:
+def gateway_config(folder: Path, upstream_url: str) -> model.Config:
     (folder / "token").write_text(TOKEN + "\n")
     return config.parse({
         "server": {"grace_period": 1.0},

@@ -1,5 +1,5 @@
-"""gateway.telemetry.metrics: a registry per instance, and the names and labels README.md
-documents."""
+"""gateway.telemetry.metrics: a registry per instance, and the names and labels the operating
+docs (docs/operating.md) document."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.telemetry.metrics import CONTENT_TYPE, Metrics
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
 PREFIX = "chroma_sync_gateway_"
 
 
@@ -29,7 +29,7 @@ def touch_everything(metrics: Metrics) -> None:
     metrics.request_seconds.labels("/api/v1/invocations/{invocation_id}").observe(0.002)
     metrics.upstream_seconds.observe(0.001)
     metrics.upstream_responses.labels("202").inc()
-    metrics.upstream_failures.labels("upstream_timeout").inc()
+    metrics.upstream_failures.labels("upstream_timeout", "cancel").inc()
     metrics.audit_failures.inc()
     metrics.audit_records.set(2)
     metrics.audit_ready.set(1)
@@ -38,9 +38,9 @@ def touch_everything(metrics: Metrics) -> None:
     metrics.key_requests.labels("billing", "0123456789ab").inc()
 
 
-def readme_metrics() -> dict[str, set[str]]:
-    """The README's metrics table: each metric name and the label names its row lists."""
-    text = README.read_text(encoding="utf-8")
+def documented_metrics() -> dict[str, set[str]]:
+    """The docs' metrics table: each metric name and the label names its row lists."""
+    text = DOCS.read_text(encoding="utf-8")
     table = text[text.index("| metric | labels |"):]
     rows: dict[str, set[str]] = {}
     for line in table.splitlines()[2:]:
@@ -91,33 +91,33 @@ def test_render_is_prometheus_text_with_help_and_type_lines() -> None:
     assert text.endswith("\n")
 
 
-def test_readme_table_lists_metrics_to_check() -> None:
-    documented = readme_metrics()
+def test_docs_table_lists_metrics_to_check() -> None:
+    documented = documented_metrics()
     assert len(documented) >= 10
     assert documented["chroma_sync_gateway_cancel_requests_total"] == {"outcome", "team"}
 
 
-def test_every_metric_in_the_readme_table_is_rendered_with_its_labels() -> None:
+def test_every_metric_in_the_docs_table_is_rendered_with_its_labels() -> None:
     metrics = Metrics()
     touch_everything(metrics)
     rendered: dict[str, set[str]] = {}
     for name, labels in samples(metrics):
         base = re.sub(r"_(bucket|count|sum|created)$", "", name)
         rendered.setdefault(base, set()).update(k for k, _ in labels if k != "le")
-    for name, labels in readme_metrics().items():
-        assert name in rendered, f"{name} is in README.md but not rendered"
-        assert rendered[name] == labels, f"{name}: labels {rendered[name]} != README {labels}"
+    for name, labels in documented_metrics().items():
+        assert name in rendered, f"{name} is in docs/operating.md but not rendered"
+        assert rendered[name] == labels, f"{name}: labels {rendered[name]} != docs {labels}"
 
 
-def test_every_rendered_metric_is_documented_in_the_readme() -> None:
+def test_every_rendered_metric_is_documented_in_the_docs() -> None:
     metrics = Metrics()
     touch_everything(metrics)
-    documented = readme_metrics()
+    documented = documented_metrics()
     for name, _ in samples(metrics):
         base = re.sub(r"_(bucket|count|sum|created)$", "", name)
         if name.endswith("_created"):
             continue  # prometheus_client's own creation timestamps
-        assert base in documented, f"{base} is rendered but not in README.md's table"
+        assert base in documented, f"{base} is rendered but not in docs/operating.md's table"
 
 
 def test_request_duration_buckets_reach_from_a_millisecond_to_ten_seconds() -> None:

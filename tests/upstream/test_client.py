@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config.load import UpstreamConfig
+from gateway.config.model import UpstreamConfig
 from gateway.demo.standin import Action, Raw, Reset, Respond, Stall, StandIn, json_response
 from gateway.errors import UpstreamFailure
 from gateway.upstream import client as upstream

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.load import UpstreamConfig
+from gateway.config.model import UpstreamConfig
 from gateway.demo.standin import StandIn, json_response
 from gateway.errors import GatewayError, UpstreamFailure, UpstreamRefused
 from gateway.jobs import JobContext

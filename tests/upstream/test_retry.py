@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from gateway.config import load as config
-from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure, UpstreamRefused
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamFailure,
+    UpstreamRefused,
+)
 from gateway.jobs import Job, JobContext
 from gateway.upstream.client import _never_sent
 from gateway.upstream.mapping import Reply
@@ -311,9 +317,9 @@ def test_config_defaults_and_bounds_of_the_new_keys() -> None:
     assert parsed.teams[0].max_in_flight == 32
     for key, value in [("retries", -1), ("retries", 11), ("deadline", 0),
                        ("breaker_failures", 0), ("breaker_seconds", "ten")]:
-        with pytest.raises(config.ConfigError, match=f"upstream.{key} "):
+        with pytest.raises(ConfigError, match=f"upstream.{key} "):
             config.parse({**base, "upstream": {"token_env": "T", key: value}})
-    with pytest.raises(config.ConfigError, match=r"teams\[0\].max_in_flight "):
+    with pytest.raises(ConfigError, match=r"teams\[0\].max_in_flight "):
         config.parse({**base, "teams": [{**base["teams"][0], "max_in_flight": 0}]})  # type: ignore[dict-item]
 
 

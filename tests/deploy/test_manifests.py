@@ -1,10 +1,13 @@
 """Checks of the deployment artefacts under deploy/: no network, no container engine.
 
-Every Kubernetes manifest is validated against the Kubernetes OpenAPI schemas shipped by the
-`kubernetes-validate` package (strict: unknown fields are errors), and the security properties
-the sidecar example promises are checked by reading the YAML, the ConfigMap's TOML and the
-Dockerfile. Each policy check is a helper that raises AssertionError, and each has a negative
-test on a deliberately broken copy, so a check that can't fail would be noticed.
+Every kustomization (the sidecar base, the shared StatefulSet base, and the overlays built on
+them with the components) is rendered with `kubectl kustomize`, and every object is
+validated: the Kubernetes kinds against the OpenAPI schemas shipped by `kubernetes-validate`
+(strict: unknown fields are errors), the Prometheus Operator kinds against their CRD schemas
+(tests/deploy/crds). The security properties the examples promise are checked by reading the
+rendered objects, the ConfigMap's TOML and the Dockerfile. Each policy check is a helper that
+raises AssertionError, and each has a negative test on a deliberately broken copy, so a check
+that can't fail would be noticed.
 """
 
 from __future__ import annotations
@@ -19,11 +22,17 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-K8S_DIR = DEPLOY / "kubernetes"
+from tests.deploy.tools import (
+    DEPLOY,
+    RENDERS,
+    ROOT,
+    CustomResourceInvalid,
+    crd_validators,
+    render,
+    validate_custom_resource,
+)
+
 DOCKERFILE = DEPLOY / "Dockerfile"
 
 # The oldest Kubernetes with native sidecars (init containers with restartPolicy: Always) on by
@@ -34,7 +43,7 @@ GATEWAY = "chroma-sync-gateway"
 PREFLIGHT = "check-config"  # the init step running `check-config --strict` on the same mounts
 HMAC_SECRET = "chroma-sync-gateway-audit-hmac"
 HMAC_MOUNT = "/var/run/secrets/chroma-sync-gateway-audit"
-AUDIT_VOLUME_BYTES = 1 << 30  # pvc.yaml's 1Gi
+AUDIT_VOLUME_BYTES = 1 << 30  # the audit claims' 1Gi
 PINNED_BASE = re.compile(r"python:3\.12-slim@sha256:[0-9a-f]{64}")
 APP = "app"
 TOKEN_SECRET = "chroma-sync-token"
@@ -45,10 +54,15 @@ CONFIG_DIR = "/etc/chroma-sync-gateway"
 AUDIT_PVC = "chroma-sync-gateway-audit"
 AUDIT_DIR = "/var/lib/chroma-sync-gateway"
 GATEWAY_UID = 10001
+IMAGE = "registry.example.internal/chroma-sync-gateway"
+SIDECAR_RENDERS = ("base", "overlays/sidecar")
+SHARED_RENDERS = ("shared", "overlays/shared")
+OVERLAYS = ("overlays/sidecar", "overlays/shared")
 
-# The keys SPEC.md names: its Configuration section, plus the audit keys of Tamper evidence.
+# The keys the configuration reference names as the basics, plus the audit keys of tamper
+# evidence, the metrics listener and the audit keys of 0.3.
 SPEC_CONFIG_KEYS: dict[str, set[str]] = {
-    "server": {"host", "port"},
+    "server": {"host", "port", "metrics_port", "metrics_host"},
     "upstream": {"base_url", "token_file", "token_env", "ca_file", "connect_timeout", "timeout"},
     "audit": {
         "path",
@@ -59,10 +73,18 @@ SPEC_CONFIG_KEYS: dict[str, set[str]] = {
         "stdout",
         "max_bytes",
         "keep_files",
+        "signing_key_file",
+        "archive",
+        "checkpoint_file",
+        "origin",
+        "instance",
     },
     "teams": {"name", "keys", "scope", "enabled", "service_accounts"},
     "issuers": {"name", "issuer", "audience", "jwks_file"},
 }
+# 0.3 keys this tree's config loader may not know yet: left out when the rendered configs are
+# loaded by the real loader (SPEC_CONFIG_KEYS still checks their spelling).
+AUDIT_KEYS_OF_0_3 = ("signing_key_file", "archive", "checkpoint_file", "origin", "instance")
 
 Doc = dict[str, Any]
 
@@ -71,39 +93,35 @@ Doc = dict[str, Any]
 # Loading
 
 
-def load_manifests() -> list[tuple[str, Doc]]:
-    """Every YAML document in deploy/kubernetes/*.yaml, with its file name."""
-    docs = []
-    for path in sorted(K8S_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if doc is not None:
-                docs.append((path.name, doc))
-    return docs
+def manifests(kustomization: str = "base") -> list[tuple[str, Doc]]:
+    """Every object `kubectl kustomize` renders for `kustomization`, with its name."""
+    return [(kustomization, d) for d in render(kustomization)]
 
 
-MANIFESTS = load_manifests()
+MANIFESTS = manifests("base")
+ALL_MANIFESTS = [pair for name in RENDERS for pair in manifests(name)]
 
 
-def only(kind: str, name: str | None = None) -> Doc:
+def only(kind: str, name: str | None = None, kustomization: str = "base") -> Doc:
     found = [
         d
-        for _, d in MANIFESTS
+        for _, d in manifests(kustomization)
         if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
     ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
-def deployment() -> Doc:
-    return copy.deepcopy(only("Deployment"))
+def deployment(kustomization: str = "base") -> Doc:
+    return copy.deepcopy(only("Deployment", kustomization=kustomization))
 
 
-def gateway_config_text() -> str:
-    return only("ConfigMap", CONFIG_MAP)["data"]["config.toml"]
+def gateway_config_text(kustomization: str = "base") -> str:
+    return only("ConfigMap", CONFIG_MAP, kustomization)["data"]["config.toml"]
 
 
-def gateway_config() -> dict[str, Any]:
-    return tomllib.loads(gateway_config_text())
+def gateway_config(kustomization: str = "base") -> dict[str, Any]:
+    return tomllib.loads(gateway_config_text(kustomization))
 
 
 def pod_spec(dep: Doc) -> Doc:
@@ -181,15 +199,56 @@ def test_deploy_kubernetes_holds_the_sidecar_example_manifests() -> None:
     assert ("PersistentVolumeClaim", AUDIT_PVC) in kinds
 
 
+def _doc_id(pair: tuple[str, Doc]) -> str:
+    name, doc = pair
+    return f"{name}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+BUILT_IN = [p for p in ALL_MANIFESTS if (p[1]["apiVersion"], p[1]["kind"]) not in crd_validators()]
+CUSTOM = [p for p in ALL_MANIFESTS if (p[1]["apiVersion"], p[1]["kind"]) in crd_validators()]
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize(
-    ("file", "doc"),
-    MANIFESTS,
-    ids=[f"{f}:{d.get('kind')}/{d.get('metadata', {}).get('name')}" for f, d in MANIFESTS],
-)
+@pytest.mark.parametrize(("file", "doc"), BUILT_IN, ids=[_doc_id(p) for p in BUILT_IN])
 def test_manifest_is_valid_against_kubernetes_schema(file: str, doc: Doc, version: str) -> None:
     validated = validate_manifest(doc, version)
     assert validated == version.rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize(("file", "doc"), CUSTOM, ids=[_doc_id(p) for p in CUSTOM])
+def test_prometheus_operator_object_is_valid_against_its_crd_schema(file: str, doc: Doc) -> None:
+    validate_custom_resource(doc)
+
+
+def test_every_overlay_ships_a_podmonitor_and_the_alert_rules() -> None:
+    for overlay in OVERLAYS:
+        kinds = {d["kind"] for _, d in manifests(overlay)}
+        assert {"PodMonitor", "PrometheusRule"} <= kinds, overlay
+
+
+@pytest.mark.parametrize(
+    ("label", "mutate"),
+    [
+        ("misspelt field", lambda d: d["spec"]["podMetricsEndpoints"][0].update(prot="metrics")),
+        ("port as a number", lambda d: d["spec"]["podMetricsEndpoints"][0].update(port=9090)),
+        ("no selector", lambda d: d["spec"].pop("selector")),
+        ("bad interval", lambda d: d["spec"]["podMetricsEndpoints"][0].update(interval="30 s")),
+    ],
+)
+def test_crd_validation_rejects_a_broken_podmonitor(label: str, mutate: Any) -> None:
+    doc = copy.deepcopy(only("PodMonitor", kustomization="overlays/shared"))
+    validate_custom_resource(doc)
+    mutate(doc)
+    with pytest.raises(CustomResourceInvalid):
+        validate_custom_resource(doc)
+
+
+def test_crd_validation_rejects_a_rule_without_expr() -> None:
+    doc = copy.deepcopy(only("PrometheusRule", kustomization="overlays/shared"))
+    validate_custom_resource(doc)
+    del doc["spec"]["groups"][0]["rules"][0]["expr"]
+    with pytest.raises(CustomResourceInvalid):
+        validate_custom_resource(doc)
 
 
 def test_schema_validation_rejects_deployment_whose_containers_is_a_string() -> None:
@@ -207,9 +266,9 @@ def test_schema_validation_is_strict_about_misspelt_fields() -> None:
 
 
 def test_no_secret_manifest_with_a_value_is_shipped() -> None:
-    # Secrets are created with kubectl (deploy/README.md): a placeholder Secret applied with
+    # Secrets are created with kubectl (docs/deployment.md): a placeholder Secret applied with
     # the rest of the directory would overwrite a real, rotated one.
-    assert [d for _, d in MANIFESTS if d.get("kind") == "Secret"] == []
+    assert [d for _, d in ALL_MANIFESTS if d.get("kind") == "Secret"] == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,8 +581,8 @@ def test_the_pods_service_account_is_shipped_without_an_api_token() -> None:
 
 
 def test_no_jwks_configmap_is_shipped() -> None:
-    # It is the cluster's own (deploy/README.md): a shipped one would overwrite the real keys.
-    assert [d for _, d in MANIFESTS if d.get("kind") == "ConfigMap"
+    # It is the cluster's own (docs/deployment.md): a shipped one would overwrite the real keys.
+    assert [d for _, d in ALL_MANIFESTS if d.get("kind") == "ConfigMap"
             and d["metadata"]["name"] == JWKS_CONFIG_MAP] == []
 
 
@@ -759,7 +818,7 @@ def test_every_container_is_hardened(name: str) -> None:
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
 
 
-def test_deploy_readme_shows_how_checkpoints_leave_the_pod() -> None:
-    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+def test_deployment_docs_show_how_checkpoints_leave_the_pod() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
     assert "audit.checkpoint" in text and "[FILTER]" in text and "Fluent Bit" in text
     assert "kubectl create secret generic chroma-sync-gateway-audit-hmac" in text

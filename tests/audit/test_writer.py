@@ -1,13 +1,12 @@
-"""The audit log writer (gateway.audit.log.AuditLog), in process: chain, group commit, rollback of
-short writes, tail recovery, rotation, checkpoints, stdout mirror, HMAC and the writer lock."""
+"""The audit log writer (gateway.audit.writer.AuditLog), in process: chain, group commit,
+readiness after a failed write, checkpoints, stdout mirror and HMAC. Its helpers serve the
+other in-process audit tests (test_files, test_recovery, test_retention) too."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
-import hashlib
 import io
 import itertools
 import json
@@ -22,10 +21,11 @@ import pytest
 import structlog
 
 from gateway.audit import chain as audit_chain
-from gateway.audit import log as audit_module
+from gateway.audit import files as audit_files
 from gateway.audit import verify as audit_verify
-from gateway.audit.log import AuditLocked, AuditLog, AuditUnavailable, utc_timestamp
-from gateway.config.load import AuditConfig
+from gateway.audit.timestamps import utc_timestamp
+from gateway.audit.writer import AuditLog, AuditUnavailable
+from gateway.config.model import AuditConfig
 from gateway.secrets.sources import FileSecret
 
 HMAC_KEY = "k" * 16 + "0123456789abcdef0123"  # >= 32 characters
@@ -33,17 +33,17 @@ HMAC_KEY = "k" * 16 + "0123456789abcdef0123"  # >= 32 characters
 
 @contextlib.contextmanager
 def patched_os(**overrides: Callable[..., Any]) -> Iterator[None]:
-    """Replace functions of `os` as gateway.audit.log sees them (nowhere else)."""
-    saved = audit_module.os
-    audit_module.os = _OsProxy(**overrides)  # type: ignore[assignment]
+    """Replace functions of `os` as gateway.audit.files (the log's I/O) sees them (nowhere else)."""
+    saved = audit_files.os
+    audit_files.os = _OsProxy(**overrides)  # type: ignore[assignment]
     try:
         yield
     finally:
-        audit_module.os = saved
+        audit_files.os = saved
 
 
 class _OsProxy:
-    """`os` as gateway.audit.log sees it, with some functions replaced (only in that module)."""
+    """`os` as gateway.audit.files sees it, with some functions replaced (only there)."""
 
     def __init__(self, **overrides: Callable[..., Any]) -> None:
         self._overrides = overrides
@@ -122,25 +122,8 @@ def make_log(tmp_path: Path, count: int, **overrides: Any) -> Path:
     return tmp_path / "audit.jsonl"
 
 
+
 # -- the chain ----------------------------------------------------------------------------------
-
-
-def test_utc_timestamp_is_datetimes_millisecond_form_within_and_across_seconds() -> None:
-    from datetime import UTC, datetime
-
-    def expected(now: float) -> str:
-        moment = datetime.fromtimestamp(now, UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-    rng = random.Random(12)
-    moments = [1764333749.123, 1764333749.9999996, 1764333750.0, 1764333749.5004, 1.0]
-    for _ in range(20_000):
-        second = rng.randrange(1_700_000_000, 1_900_000_000)
-        moments += [second + rng.random(), second + rng.randrange(1_000_000) / 1e6 + 5e-7]
-    assert [utc_timestamp(t) for t in moments] == [expected(t) for t in moments]
-    assert utc_timestamp(1764333749.123) == "2025-11-28T12:42:29.123Z"
-    now = utc_timestamp()  # the clock's own
-    assert now.endswith("Z") and len(now) == len("2026-11-28T12:42:29.123Z")
 
 
 def test_records_are_chained_seq_prev_hash_and_verify(tmp_path: Path) -> None:
@@ -317,58 +300,7 @@ def test_while_attempts_are_concurrent_a_result_record_shares_the_next_write(
     assert_verifies([path])
 
 
-# -- short writes -------------------------------------------------------------------------------
-
-
-def test_short_write_is_rolled_back_then_chain_continues_with_retained_record(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "audit.jsonl"
-    real_write = os.write
-    short_writes = 0
-
-    def half_then_enospc(fd: int, data: Any) -> int:
-        nonlocal short_writes
-        data = bytes(data)
-        if not data:
-            return real_write(fd, data)
-        short_writes += 1
-        real_write(fd, data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def scenario() -> None:
-        log = AuditLog(config(tmp_path, checkpoint_every=1000))
-        await log.start()
-        await write_some(log, 3)
-        before = path.read_bytes()
-        with patched_os(write=half_then_enospc):
-            with pytest.raises(AuditUnavailable):
-                await log.write(body("lost-attempt"))
-            assert short_writes == 1
-            assert path.read_bytes() == before  # rolled back: only whole lines
-            assert log.ready is False
-            assert log.problem is not None and "No space" in log.problem
-
-            # A result that must not be lost: retained, not raised.
-            await log.write(body("kept-result", "cancel.result"), retain=True)
-            assert path.read_bytes() == before
-            with pytest.raises(AuditUnavailable):
-                await log.write(body("lost-attempt-2"))
-            assert path.read_bytes() == before
-
-        await log.write(body("after"))
-        assert log.ready is True
-        await log.close()
-
-    run(scenario())
-    data = path.read_bytes()
-    assert data.endswith(b"\n")
-    records = records_of(path)
-    ids = [r.get("request_id") for r in records]
-    assert "req-lost-attempt" not in ids and "req-lost-attempt-2" not in ids
-    assert ids[:5] == ["req-0", "req-1", "req-2", "req-kept-result", "req-after"]
-    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
-    assert_verifies([path])
+# -- readiness after a failed write -------------------------------------------------------------
 
 
 def test_probe_writes_retained_records_once_the_disk_accepts_writes_again(
@@ -393,158 +325,6 @@ def test_probe_writes_retained_records_once_the_disk_accepts_writes_again(
 
     run(scenario())
     assert_verifies([path])
-
-
-# -- tail recovery ------------------------------------------------------------------------------
-
-
-def reopen_and_write(tmp_path: Path, count: int = 1) -> AuditLog:
-    async def scenario() -> AuditLog:
-        log = AuditLog(config(tmp_path))
-        await log.start()
-        for n in range(count):
-            await log.write(body(f"new-{n}"))
-        await log.close()
-        return log
-
-    return run(scenario())  # type: ignore[no-any-return]
-
-
-def test_torn_last_line_is_removed_and_described_in_recovered_record(tmp_path: Path) -> None:
-    path = make_log(tmp_path, 3)
-    good = records_of(path)
-    torn = b'{"client":"127.0.0.1","duration_ms":1.5,"error":null,"event":"cancel.att'
-    with open(path, "ab") as handle:
-        handle.write(torn)
-
-    reopen_and_write(tmp_path)
-    records = records_of(path)
-    assert records[: len(good)] == good
-    recovered = records[len(good)]
-    assert recovered["event"] == "audit.recovered"
-    assert recovered["seq"] == good[-1]["seq"] + 1
-    assert recovered["prev"] == good[-1]["hash"]
-    assert recovered["discarded_bytes"] == len(torn)
-    assert recovered["discarded_sha256"] == hashlib.sha256(torn).hexdigest()
-    assert base64.b64decode(recovered["discarded_b64"]) == torn
-    assert "torn" in recovered["reason"]
-    assert records[len(good) + 1]["request_id"] == "req-new-0"
-    assert path.read_bytes().endswith(b"\n")
-    assert_verifies([path])
-
-
-def test_recovered_record_is_written_at_start_without_waiting_for_a_request(
-    tmp_path: Path,
-) -> None:
-    """The torn bytes are cut from the file at open: their description must not wait for
-    traffic, or a restart followed by a clean stop (or a crash) drops them silently."""
-    path = make_log(tmp_path, 2)
-    with open(path, "ab") as handle:
-        handle.write(b'{"torn":')
-
-    async def scenario() -> None:
-        log = AuditLog(config(tmp_path))
-        await log.start()
-        await asyncio.sleep(0.2)
-        assert b'"event":"audit.recovered"' in path.read_bytes()
-        await log.close()
-
-    run(scenario())
-    assert [r["event"] for r in records_of(path)].count("audit.recovered") == 1
-    assert_verifies([path])
-
-
-def test_edited_last_line_is_cut_and_chain_continues_from_last_good_record(
-    tmp_path: Path,
-) -> None:
-    path = make_log(tmp_path, 3)
-    lines = lines_of(path)
-    good = [json.loads(line) for line in lines[:-1]]
-    edited = lines[-1].replace(b'"event":"audit.checkpoint"', b'"event":"audit.checkpoinT"')
-    assert edited != lines[-1]
-    path.write_bytes(b"".join(lines[:-1]) + edited)
-
-    reopen_and_write(tmp_path)
-    records = records_of(path)
-    assert records[: len(good)] == good
-    recovered = records[len(good)]
-    assert recovered["event"] == "audit.recovered"
-    assert recovered["seq"] == good[-1]["seq"] + 1  # takes the removed record's place
-    assert recovered["prev"] == good[-1]["hash"]
-    assert recovered["discarded_bytes"] == len(edited)
-    assert base64.b64decode(recovered["discarded_b64"]) == edited
-    assert recovered["discarded_sha256"] == hashlib.sha256(edited).hexdigest()
-    assert "do not verify" in recovered["reason"]
-    assert b"checkpoinT" not in b"".join(lines_of(path)[: len(good)])
-    assert_verifies([path])
-
-
-def test_log_whose_whole_tail_does_not_verify_fails_closed_and_is_left_alone(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "audit.jsonl"
-    lines = []
-    for n in range(3):
-        _, line = audit_chain.seal(body(n), seq=n + 1, prev=audit_chain.GENESIS,
-                                        mac_key=None)
-        lines.append(line.replace(b"req-", b"REQ-"))  # every hash now wrong
-    path.write_bytes(b"".join(lines))
-    before = path.read_bytes()
-
-    async def scenario() -> None:
-        log = AuditLog(config(tmp_path))
-        await log.start()
-        assert log.ready is False
-        assert log.problem is not None and "does not verify" in log.problem
-        with pytest.raises(AuditUnavailable):
-            await log.write(body("refused"))
-        assert await log.probe() is False
-        await log.close()
-
-    run(scenario())
-    assert path.read_bytes() == before
-
-
-# -- rotation -----------------------------------------------------------------------------------
-
-
-def rotated(tmp_path: Path) -> list[Path]:
-    return sorted(tmp_path.glob("audit.jsonl.[0-9][0-9][0-9][0-9][0-9][0-9]"))
-
-
-def test_rotation_by_max_bytes_keeps_one_chain_across_files(tmp_path: Path) -> None:
-    max_bytes = 4096
-    path = make_log(tmp_path, 40, max_bytes=max_bytes)
-    files = rotated(tmp_path)
-    assert len(files) >= 3
-    assert [f.name for f in files] == [f"audit.jsonl.{n:06d}" for n in range(1, len(files) + 1)]
-    chain = [*files, path]
-    for f in chain:
-        assert 0 < f.stat().st_size <= max_bytes
-    for older, newer in itertools.pairwise(chain):
-        last, first = records_of(older)[-1], records_of(newer)[0]
-        assert first["seq"] == last["seq"] + 1
-        assert first["prev"] == last["hash"]
-    ok = assert_verifies(chain)
-    assert ok.records == sum(len(lines_of(f)) for f in chain)
-    # The live file alone is not the whole chain.
-    assert isinstance(audit_verify.verify([str(path)]), audit_verify.VerifyFailure)
-
-
-def test_restart_after_rotation_with_empty_live_file_continues_from_rotated_file(
-    tmp_path: Path,
-) -> None:
-    path = make_log(tmp_path, 5)
-    last = records_of(path)[-1]
-    os.rename(path, tmp_path / "audit.jsonl.000001")  # a crash just after rotating
-    path.write_bytes(b"")
-
-    reopen_and_write(tmp_path, 2)
-    records = records_of(path)
-    assert records[0]["seq"] == last["seq"] + 1
-    assert records[0]["prev"] == last["hash"]
-    assert records[0]["request_id"] == "req-new-0"
-    assert_verifies([tmp_path / "audit.jsonl.000001", path])
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -708,27 +488,3 @@ def test_with_hmac_key_every_record_has_a_valid_mac(tmp_path: Path) -> None:
     assert_verifies([path], hmac_keys=[key])
     wrong = audit_verify.verify([str(path)], hmac_keys=[b"x" * 40])
     assert isinstance(wrong, audit_verify.VerifyFailure) and "bad mac" in wrong.reason
-
-
-# -- one writer per chain -----------------------------------------------------------------------
-
-
-def test_second_writer_on_the_same_path_raises_audit_locked(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        first = AuditLog(config(tmp_path))
-        await first.start()
-        second = AuditLog(config(tmp_path))
-        with pytest.raises(AuditLocked, match="one writer per chain"):
-            second.lock()
-        with pytest.raises(AuditLocked):
-            await second.start()
-        await first.write(body(1))
-        await first.close()
-        third = AuditLog(config(tmp_path))  # the lock goes with the writer
-        third.lock()
-        await third.start()
-        await third.write(body(2))
-        await third.close()
-
-    run(scenario())
-    assert_verifies([tmp_path / "audit.jsonl"])
