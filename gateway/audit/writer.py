@@ -35,6 +35,7 @@ from typing import IO, Any
 import structlog
 
 from gateway.audit.availability import Availability
+from gateway.audit.committed import ArchiveHooks, Committed
 from gateway.audit.files import LogFile
 from gateway.audit.head import ChainHead, checkpoint_body
 from gateway.audit.mac import MacKey
@@ -93,15 +94,19 @@ class AuditLog:
         stdout: IO[bytes] | None = None,
         on_failure: Callable[[], None] | None = None,
         on_stdout_drop: Callable[[int], None] | None = None,
+        archive: ArchiveHooks | None = None,
     ) -> None:
         self.config = config
         self.path = config.path
         self._mac = MacKey(mac_key, token)
-        self._mirror = mirror_for(stdout, enabled=config.stdout, on_drop=on_stdout_drop)
         self._state = Availability(on_failure)
         self._file = LogFile(config.path, fsync=config.fsync, max_bytes=config.max_bytes,
                              on_rotate=self._rotated)
-        self._retention = Retention(config.path, config.keep_files)
+        self._retention = Retention(config.path, config.keep_files,
+                                    archive.covers if archive is not None else None)
+        self._committed = Committed(
+            mirror_for(stdout, enabled=config.stdout, on_drop=on_stdout_drop), self._retention,
+            archive)
         self._head = ChainHead(config.checkpoint_every)
         self._queue: list[Waiter] = []
         self._retained: list[dict[str, Any]] = []
@@ -165,8 +170,8 @@ class AuditLog:
                 await self.write(checkpoint_body(), retain=True)
         await self.drain()
         self._file.close()
-        if self._mirror is not None:
-            self._mirror.close()
+        if self._committed.mirror is not None:
+            self._committed.mirror.close()
 
     async def drain(self) -> None:
         """Write what is queued now, instead of at the end of this turn of the event loop."""
@@ -282,21 +287,9 @@ class AuditLog:
             self.records_written += len(sealed)
             settle(batch, ok=True, retained=self._retained)
             try:
-                self._after_commit(data, sealed)
+                self._committed(data, sealed, synced=sync or not self.config.fsync)
             except Exception:  # a broken stdout or log must not wedge the writer
                 log.exception("audit.mirror_failed")
-
-    def _after_commit(self, data: bytes, sealed: list[dict[str, Any]]) -> None:
-        if self._mirror is not None:
-            self._mirror.write(data, len(sealed))
-        for record in sealed:
-            if record["event"] == "audit.deleted":
-                self._retention.delete(record)
-            elif record["event"] == "audit.checkpoint":
-                log.info(
-                    "audit.checkpoint", seq=record["seq"], hash=record["hash"],
-                    head_seq=record["head_seq"], head_hash=record["head_hash"],
-                )
 
     async def _checkpoint_every_interval(self) -> None:
         while True:
@@ -307,11 +300,22 @@ class AuditLog:
 
     # -- the file -----------------------------------------------------------------------------
 
+    @property
+    def head_seq(self) -> int:
+        """The seq of the last record written."""
+        return self._head.seq
+
+    def archived_more(self) -> None:
+        """The archive caught up: files kept for it may go now (`audit.keep_files`)."""
+        if self._file.fd is not None and self._retention.plan_due():
+            self._rotated("")
+
     def _rotated(self, rotated_to: str) -> None:
         """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for."""
-        log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
+        if rotated_to:
+            log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
         for body in self._retention.plan():
-            self._queue.append((body, None))
+            self.write_later(body)
             self._durable_pending += 1
 
     def _open_file(self) -> None:

@@ -51,6 +51,7 @@ class AuditConfig:
     keep_files: int | None = None  # rotated files kept; None keeps them all
     record_context: bool = False  # look up every cancel, so every record names what it touched
     denied_per_second: int = 20  # result records a second per client for unauthenticated refusals
+    archive: str | None = None  # file:///PATH or s3://BUCKET/PREFIX: segments cut at checkpoints
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from gateway import __version__
 from gateway.access.policy import Policy, build_policy
 from gateway.asgi import Receive, Scope, Send
+from gateway.audit.archive.archiver import Archiver
 from gateway.audit.suppression import DeniedSuppression
 from gateway.audit.writer import AuditLog
 from gateway.cancel.pipeline import CancelPipeline
@@ -71,6 +72,7 @@ class Gateway:
     ) -> None:
         self.token = token
         self.audit = audit
+        self.archiver: Archiver | None = None  # with `audit.archive`: set by from_config
         self.upstream = upstream
         self.metrics = metrics
         breaker = CircuitBreaker(
@@ -126,10 +128,18 @@ class Gateway:
             if config.audit.hmac_key_file
             else None
         )
+        archiver = None
+        if config.audit.archive is not None:
+            archiver = Archiver(config.audit.archive, config.audit.path,
+                                on_upload=lambda result: uploads.labels(result).inc(),
+                                on_progress=lambda: written.archived_more())
+            uploads = metrics.archive(lambda: archiver.lag(None, written.head_seq))
         if audit is None:
             audit = AuditLog(config.audit, mac_key=mac_key, token=token,
                              on_failure=metrics.audit_failures.inc,
-                             on_stdout_drop=metrics.audit_stdout_dropped.inc)
+                             on_stdout_drop=metrics.audit_stdout_dropped.inc,
+                             archive=archiver)
+        written = audit
         logs.count_dropped_lines(metrics.log_lines_dropped.inc)
         gateway = cls(
             config,
@@ -141,6 +151,7 @@ class Gateway:
             secrets=(token,) + ((mac_key,) if mac_key else ()),
             traces=traces_for(config),
         )
+        gateway.archiver = archiver
         for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
             gateway.watcher.add(issuer.file, issuer.adopt)
         return gateway
@@ -161,6 +172,8 @@ class Gateway:
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
+        if self.archiver is not None:
+            self.archiver.start()  # its own process: never waited for, never in readiness
         self.reloader.start()
         self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         self._sweep_denied()
@@ -180,6 +193,8 @@ class Gateway:
             self._sweeper.cancel()
         self.pipeline.denied.sweep(everything=True)
         await self.audit.close()
+        if self.archiver is not None:
+            await self.archiver.close()  # after the last checkpoint: it is put if it can be
         await self.upstream.aclose()
         # Last: the spans of the cancels that just finished are sent too.
         await asyncio.to_thread(self.pipeline.traces.shutdown)

@@ -33,11 +33,14 @@ class Archiver:
     def __init__(
         self, url: str, audit_path: str, *,
         on_upload: Callable[[str], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
         command: list[str] | None = None,
     ) -> None:
         self.url = url
         self.audit_path = audit_path
         self._on_upload = on_upload
+        self._on_progress = on_progress
+        self._current: str | None = None  # the chain last heard of: the one being written
         self._command = command or [sys.executable, "-m", "gateway.audit.archive.worker"]
         self._durable: dict[str, int] = {}
         self._archived: dict[str, int] = {}
@@ -49,6 +52,7 @@ class Archiver:
 
     def durable(self, chain: str, seq: int) -> None:
         """Records of `chain` are durable up to `seq`: archive each checkpoint within."""
+        self._current = chain
         if seq <= self._durable.get(chain, 0):
             return
         self._durable[chain] = seq
@@ -61,10 +65,16 @@ class Archiver:
         return self._archived.get(chain, 0)
 
     def lag(self, chain: str | None, head_seq: int) -> int:
-        """Records of `chain` written and not archived yet."""
+        """Records of `chain` (default: the one being written) written, not archived yet."""
+        chain = chain or self._current
         if chain is None:
             return 0
         return max(0, head_seq - self.archived_through(chain))
+
+    def covers(self, seq: int) -> bool:
+        """Whether records up to `seq` of the chain being written are in the archive (what
+        `audit.keep_files` asks before it deletes a file)."""
+        return self._current is not None and self.archived_through(self._current) >= seq
 
     @property
     def worker_pid(self) -> int | None:
@@ -131,7 +141,12 @@ class Archiver:
     def _take(self, report: dict[str, Any]) -> None:
         chain, archived = report.get("chain"), report.get("archived")
         if isinstance(chain, str) and isinstance(archived, int):
-            self._archived[chain] = max(archived, self._archived.get(chain, 0))
+            if archived > self._archived.get(chain, 0):
+                self._archived[chain] = archived
+                if self._on_progress is not None:
+                    self._on_progress()
+            if self._current is None:
+                self._current = chain
         result = report.get("upload")
         if isinstance(result, str) and self._on_upload is not None:
             self._on_upload(result)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 CHECKPOINT_EVENT = "audit.checkpoint"
 _ROTATED_DIGITS = 6
 _MAX_LINE = 16 * 1024 * 1024
+_TAIL = 1 << 20  # bytes read back from the end of a file to find its last record
 
 
 class SegmentError(Exception):
@@ -57,6 +58,27 @@ class LocalLines:
         self.path = path
         self._starts: dict[tuple[int, int], _Start] = {}  # (dev, ino) -> first record
         self._cursor: tuple[int, int, int, int] | None = None  # dev, ino, offset, next seq
+
+    def head(self) -> tuple[str, int] | None:
+        """The chain and seq of the last whole record in the files (what a start resumes)."""
+        for path in reversed(log_files(self.path)):
+            try:
+                with open(path, "rb") as handle:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, size - _TAIL))
+                    tail = handle.read()
+            except OSError:
+                continue
+            for raw in reversed(tail.split(b"\n")[:-1]):
+                try:
+                    record = _parse(raw)
+                except SegmentError:
+                    continue
+                chain, seq = record.get("chain"), record.get("seq")
+                if isinstance(chain, str) and isinstance(seq, int):
+                    return chain, seq
+                return None  # an earlier version's record: nothing to archive
+        return None
 
     def first_seq(self, chain: str) -> int:
         """The first seq of `chain` in the local files (1 unless older files were deleted)."""

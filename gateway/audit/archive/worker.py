@@ -86,7 +86,11 @@ def run(audit_path: str, archive_url: str) -> int:
     except (BadArchiveUrl, store.StoreError) as exc:
         log.error("audit.archive_unavailable", problem=str(exc))
         return 2
-    uploader = Uploader(archive, LocalLines(audit_path), _report)
+    local = LocalLines(audit_path)
+    uploader = Uploader(archive, local, _report)
+    head = local.head()
+    if head is not None:
+        uploader.durable(*head)  # what the last run left: every checkpoint within it
     commands = _Commands()
     selector = selectors.DefaultSelector()
     selector.register(commands.fd, selectors.EVENT_READ)
