@@ -8,12 +8,14 @@ version) is verified and reported as in 0.2: the files, in the order given, are 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
-from gateway.audit import fleet, inputs, query, verify
+from gateway.audit import fleet, grouping, inputs, query, verify
+from gateway.audit.archive import location
 from gateway.secrets.sources import InvalidSecret, load_hmac_key
 
 
@@ -28,6 +30,22 @@ class Options:
 
 class Usage(Exception):
     pass
+
+
+def is_legacy(paths: Sequence[str]) -> bool:
+    """Plain files whose first records have no `chain`: logs of an earlier version, which
+    `audit verify` checks and reports as in 0.2 (the files, in the order given, one chain)."""
+    for path in paths:
+        if path == "-" or location.is_archive_url(path) or not os.path.isfile(path):
+            return False
+        try:
+            with open(path, "rb") as handle:
+                first = next(inputs.records(handle), None)
+        except OSError:
+            return True  # the 0.2 verifier names the problem as it always did
+        if first is not None and grouping.chain_of(first[1]) is not None:
+            return False
+    return True
 
 
 def options_from(hmac_key_files: Sequence[str], checkpoint_texts: Sequence[str],

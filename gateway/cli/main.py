@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.access import keys
+from gateway.cli import audit_fleet
 from gateway.config import load as config
 from gateway.config import model
 from gateway.config.teams import TEAM_NAME_RE
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a checkpoint kept elsewhere that the log must contain")
     verify.add_argument("--allow-partial", action="store_true",
                         help="accept a chain that starts after seq 1 (older files not given)")
+    audit_fleet.add_verify_options(verify)
+    audit_fleet.add_query_parser(audit_commands)
 
     bulk = commands.add_parser(
         "bulk-cancel", help="cancel every pending invocation of a source or a database",
@@ -110,10 +113,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "audit":
-        from gateway.audit import verify as audit_verify
-
-        return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
-                                args.allow_partial, sys.stdout, sys.stderr)
+        if args.audit_command == "query":
+            return audit_fleet.run_query(args)
+        return audit_fleet.run_verify(args)
     if args.command == "check-config":
         return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
     if args.command == "bulk-cancel":

@@ -7,6 +7,8 @@ import io
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,39 @@ def test_query_reads_verified_records_and_gives_no_rows_when_one_chain_fails(
     out, err = io.StringIO(), io.StringIO()
     code = run_query([str(tmp_path)], Filters(team="team-2"), "jsonl", [], True, 1, out, err)
     assert code == 0 and len(out.getvalue().splitlines()) == 26
+
+
+def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "audit", *args], input=stdin.decode(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_command_line_verifies_a_fleet_in_parallel_and_queries_it(tmp_path: Path) -> None:
+    logs = three_chains(tmp_path)
+    done = cli("verify", str(tmp_path), "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3
+    done = cli("query", str(tmp_path), "--team", "team-0", "--outcome", "cancelled",
+               "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    raw = subprocess.run([sys.executable, "-m", "gateway", "audit", "query", str(tmp_path),
+                          "--team", "team-0", "--format", "csv"], capture_output=True,
+                         timeout=60).stdout
+    lines = raw.decode().split("\r\n")  # RFC 4180: CRLF
+    assert lines[0].startswith("ts,chain,seq,team,key_id") and len(lines) == 1 + 27 + 1
+    assert all(logs[0].chain in line for line in lines[1:-1])
+    done = cli("query", "-", "--since", "noon")
+    assert done.returncode == 2 and "RFC 3339" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_logs_without_chains_are_still_verified_as_in_0_2(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    head = audit_chain.GENESIS
+    with open(path, "wb") as out:
+        for seq in (1, 2):
+            record, line = audit_chain.seal({"ts": "t", "event": "x"}, seq=seq, prev=head,
+                                            mac_key=None)
+            head = record["hash"]
+            out.write(line)
+    done = cli("verify", str(path))
+    assert done.returncode == 0 and done.stdout == f"ok: 2 records, head {head}\n"
