@@ -37,7 +37,7 @@ MAX_OPEN = 128  # spill files kept open at once (a fleet may have more chains th
 _CHAIN = re.compile(rb'[{,]"chain":"([0-9a-f]{32})"')
 _SEQ = re.compile(rb'[{,]"seq":([0-9]{1,19})[,}]')
 _ROTATED = re.compile(r"\.[0-9]{6}$")
-_HEADER = struct.Struct("<IQI")  # input index, line number, line length
+_HEADER = struct.Struct("<IQQI")  # input index, line number, seq, line length
 _BUFFER = 256 * 1024
 
 
@@ -105,7 +105,7 @@ class Grouping:
         if seq < self._last_seq.get(key, 0):
             self.unsorted.add(key)
         self._last_seq[key] = seq
-        spill.write(_HEADER.pack(source, lineno, len(line)))
+        spill.write(_HEADER.pack(source, lineno, seq, len(line)))
         spill.write(line)
         self.counts[key] = self.counts.get(key, 0) + 1
         return key
@@ -135,9 +135,8 @@ def entries(path: str) -> Iterator[Entry]:
     """The lines of a spill file as written."""
     with open(path, "rb", buffering=_BUFFER) as handle:
         while header := handle.read(_HEADER.size):
-            source, lineno, length = _HEADER.unpack(header)
-            line = handle.read(length)
-            yield Entry(seq_of(line), line, source, lineno)
+            source, lineno, seq, length = _HEADER.unpack(header)
+            yield Entry(seq, handle.read(length), source, lineno)
 
 
 def _sorted_runs(path: str) -> Iterator[Entry]:
