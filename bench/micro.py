@@ -113,13 +113,13 @@ def cpu_components(n: int, folder: Path) -> list[tuple[str, float, str]]:
                     per_call_us(lambda: mapping.interpret(answer, secrets=("t" * 40,)), n),
                     "1 call"))
     from gateway.config.model import UpstreamConfig
-    from gateway.upstream.client import UpstreamClient
+    from gateway.upstream.client import USER_AGENT, UpstreamClient
 
     config = UpstreamConfig(base_url="http://127.0.0.1:9", token_env="UNUSED")  # noqa: S106
     client = UpstreamClient(config)
     invocation = "0b8f1d6e-5a3c-4e2b-9f7a-1c2d3e4f5a6b"
     outgoing = [("x-chroma-token", "t" * 40), ("x-request-id", "r" * 36),
-                ("accept", "application/json"), ("user-agent", "chroma-sync-gateway/0.1.0")]
+                ("accept", "application/json"), ("user-agent", USER_AGENT)]
     results.append(("build httpx.Request, URL made as UpstreamClient does", per_call_us(
         lambda: httpx.Request("PUT", client._url(invocation), headers=outgoing), n), "1 call"))
     parse_us = per_call_us(lambda: httpx.URL(client.url_for(invocation)), n)

@@ -10,7 +10,9 @@ def test_pending_invocation_is_cancelled_through_the_gateway(
     assert response.status_code == 202
     assert response.json() == {}
     assert standin.state_of(invocation) == "cancelled"
-    records = gateway.wait_for_records(lambda r: len(r) >= 2)
+    records = gateway.wait_for_records(lambda r: len(r) >= 4)
+    assert [r["event"] for r in records[:2]] == ["audit.chain", "audit.opened"]
+    records = records[2:]
     assert [r["event"] for r in records] == ["cancel.attempt", "cancel.result"]
     assert records[1]["outcome"] == "cancelled"
     assert records[1]["invocation_id"] == invocation

@@ -21,6 +21,8 @@ class ArchiveHooks(Protocol):
 
     def checkpoint_durable(self, chain: str, seq: int) -> None: ...
 
+    def written(self, chain: str, seq: int) -> None: ...
+
     def covers(self, seq: int) -> bool: ...
 
 
@@ -44,8 +46,13 @@ class Committed:
                 log.info(
                     "audit.checkpoint", seq=record["seq"], hash=record["hash"],
                     head_seq=record["head_seq"], head_hash=record["head_hash"],
+                    chain=record.get("chain"), tree_size=record.get("tree_size"),
+                    root=record.get("root"), note=record.get("note"),
                 )
         if synced and self._unsynced is not None:
             if self._archive is not None:
                 self._archive.checkpoint_durable(*self._unsynced)
             self._unsynced = None
+        last = sealed[-1] if sealed else None
+        if self._archive is not None and last is not None and isinstance(last.get("chain"), str):
+            self._archive.written(last["chain"], last["seq"])  # for the lag

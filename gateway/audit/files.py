@@ -161,6 +161,10 @@ class LogFile:
             raise
         self.size = start + len(data)
 
+    def rotate(self) -> None:
+        """Rotate now (at open: a log of an earlier version is closed, untouched)."""
+        self._rotate()
+
     def _rotate(self) -> None:
         assert self.fd is not None
         os.fsync(self.fd)

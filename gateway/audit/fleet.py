@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.audit import grouping, inputs
 from gateway.audit.archive import location
+from gateway.audit.chain_tree import default_origin
 from gateway.audit.query import Filters, Query, Row
 
 _INDEX = struct.Struct("<IQ")  # input index, line number: where line N of the copy came from
@@ -54,13 +55,15 @@ class ChainResult:
     text: str  # what follows `chain <label> (<instance>): `
     warnings: list[str] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    origin: str | None = None  # the checkpoints' origin (the audit.chain record's)
 
     def line(self) -> str:
         who = f" ({self.instance})" if self.instance else ""
         return f"chain {self.label}{who}: {self.text}"
 
 
-SingleChainVerify = Callable[[str, "ChainJob"], "ChainOutcome"]
+SingleChainVerify = Callable[[str, "ChainJob", str | None], "ChainOutcome"]
+"""The single-chain verifier: (the chain's ordered copy, the job, the chain's origin)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
     label = _label(job.key, job.sources)
     copy, index = job.spill + ".ordered", job.spill + ".index"
     instance: str | None = None
+    origin = None if job.key.startswith("log:") else default_origin(job.key)
     head = 0
     try:
         with open(copy, "wb", buffering=_BUFFER) as out, \
@@ -178,12 +182,15 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
                     if not job.verify:
                         continue  # the line itself comes next
                     at = f"{job.sources[item.entry.source]}:{item.entry.lineno}"
-                    return ChainResult(job.key, label, instance, False, f"{at}: {item.reason}")
+                    return ChainResult(job.key, label, instance, False, f"{at}: {item.reason}",
+                                       origin=origin)
                 out.write(item.line)
                 where.write(_INDEX.pack(item.source, item.lineno))
                 head = item.seq
                 if any(marker in item.line for marker in _IDENTITY_EVENTS):
-                    instance = _instance(item.line) or instance
+                    named, found = _identity(item.line)
+                    instance = named or instance
+                    origin = found or origin
         if not job.verify:
             return ChainResult(job.key, label, instance, True, "not verified", [],
                                _rows(copy, label, job.filters) if job.filters else [])
@@ -191,14 +198,16 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
             if note.tree_size > head:
                 return ChainResult(job.key, label, instance, False,
                                    f"truncated: signed checkpoint at tree size "
-                                   f"{note.tree_size}, records end at seq {head}")
-        outcome = check(copy, job)
+                                   f"{note.tree_size}, records end at seq {head}",
+                                   origin=origin)
+        outcome = check(copy, job, origin)
         if not outcome.ok:
             at = _where(index, outcome.line, job.sources) if outcome.line else ""
             text = f"{at}: {outcome.text}" if at else outcome.text
-            return ChainResult(job.key, label, instance, False, text, list(outcome.warnings))
+            return ChainResult(job.key, label, instance, False, text, list(outcome.warnings),
+                               origin=origin)
         result = ChainResult(job.key, label, instance, True, outcome.text,
-                             list(outcome.warnings))
+                             list(outcome.warnings), origin=origin)
         if job.filters is not None:
             result.rows = _rows(copy, label, job.filters)
         return result
@@ -208,13 +217,17 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
                 os.unlink(path)
 
 
-def _instance(line: bytes) -> str | None:
+def _identity(line: bytes) -> tuple[str | None, str | None]:
+    """The `instance` and (in an `audit.chain` record) `origin` a record names."""
     try:
         record = json.loads(line)
     except ValueError:
-        return None
-    value = record.get("instance") if isinstance(record, dict) else None
-    return value if isinstance(value, str) and value else None
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    instance, origin = record.get("instance"), record.get("origin")
+    return (instance if isinstance(instance, str) and instance else None,
+            origin if isinstance(origin, str) and origin else None)
 
 
 def _where(index: str, line: int, sources: Sequence[str]) -> str:

@@ -32,10 +32,6 @@ class Retention:
         self._archived = archived  # whether records up to that seq are in the archive
         self._held: set[str] = set()  # files kept for the archive (logged once each)
 
-    def plan_due(self) -> bool:
-        """Whether files were kept for the archive (worth planning again when it moves)."""
-        return bool(self._held)
-
     def plan(self) -> list[dict[str, Any]]:
         """An `audit.deleted` record for each rotated file beyond `keep_files` (once each)."""
         keep = self.keep_files

@@ -15,7 +15,11 @@ most specific reason it can give. For each line, in this order:
    `allow_partial`;
 6. an `audit.checkpoint` record's `head_seq` and `head_hash` name the record before it;
 7. the checkpoints given (`SEQ:HASH` noted elsewhere earlier): the record with that seq has
-   that hash, and the log does not end before it.
+   that hash, and the log does not end before it;
+8. the chain's Merkle tree and signed notes (`gateway.audit.tree_check`): each checkpoint's
+   `tree_size` and `root` recomputed, each `note` verified with the `--public-key`s given, and
+   the signed checkpoints given (`--checkpoint NOTE_FILE`) held by the chain, which must not
+   end before them.
 
 Hashing and MACs come from `gateway.audit.chain`, the same code the writer seals records with.
 """
@@ -31,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
 from gateway.audit import chain as audit_chain
+from gateway.audit import checkpoint as audit_checkpoint
+from gateway.audit import merkle, note, tree_check
+from gateway.audit.signing import verifier_from_arg
 from gateway.secrets.sources import InvalidSecret, load_hmac_key
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -57,6 +64,12 @@ class VerifyOk:
     """The checkpoint seq that anchors a suffix (None from seq 1, or with `allow_partial`)."""
     macs_unchecked: bool = False
     """Records carry `mac`, but no key was given to check them with."""
+    notes_unchecked: bool = False
+    """Checkpoints carry a signed `note`, but no --public-key was given to check them with."""
+    roots_unchecked: bool = False
+    """The chain starts after seq 1: Merkle roots could not be recomputed."""
+    signed: tuple[int, str] | None = None
+    """The newest verified signed checkpoint: (tree size, key names)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class _Record:
     head_hash: str | None
     file_start: bool
     has_mac: bool
+    fields: tree_check.Fields
 
 
 @dataclass(frozen=True)
@@ -237,7 +251,7 @@ def _check_line(
     if encoded != content:
         return _non_canonical_reason(content, encoded)
 
-    reason = _field_reason(record)
+    reason = _field_reason(record) or tree_check.field_reason(record)
     if reason is not None:
         return reason
 
@@ -272,6 +286,16 @@ def _check_line(
         head_hash=record["head_hash"] if is_checkpoint else None,
         file_start=file_start,
         has_mac="mac" in record,
+        fields=tree_check.Fields(
+            seq=record["seq"],
+            event=record["event"],
+            leaf=merkle.leaf_hash(content),
+            chain=record.get("chain"),
+            origin=record.get("origin"),
+            tree_size=record.get("tree_size"),
+            root=record.get("root"),
+            note=record.get("note"),
+        ),
     )
 
 
@@ -474,13 +498,17 @@ def verify(
     hmac_keys: Sequence[bytes] = (),
     checkpoints: Sequence[tuple[int, str]] = (),
     allow_partial: bool = False,
+    verifiers: Sequence[note.Verifier] = (),
+    anchors: Sequence[tree_check.Anchor] = (),
 ) -> VerifyOk | VerifyFailure:
     """Check `paths`, oldest first, as one chain; return the head or the first bad line.
 
     `hmac_keys`: every record must carry a `mac` made with one of them (several keys for key
     rotation). `checkpoints`: `(seq, hash)` pairs noted earlier; the record with that seq must
     have that hash, and the log must reach it. `allow_partial`: the first record may be any
-    seq with any prev (verifying only the newest rotated files).
+    seq with any prev (verifying only the newest rotated files). `verifiers`: every checkpoint
+    `note` must verify with one of them. `anchors`: signed checkpoints kept elsewhere that the
+    chain must hold (same size, same root) and reach.
 
     Raises ValueError for no paths or contradicting checkpoints, OSError for unreadable files.
     """
@@ -489,6 +517,7 @@ def verify(
     wanted = _checkpoint_map(checkpoints)
     keys = tuple(hmac_keys)
     lines = _Lines(paths, keys)
+    tree = tree_check.TreeCheck(verifiers, anchors)
     recent: deque[_Seen] = deque(maxlen=_RECENT)
     last: _Record | None = None
     first_seq: int | None = None
@@ -507,6 +536,8 @@ def verify(
             reason = _chain_reason(item, last, recent, lines, allow_partial, anchor is not None)
             if reason is None:
                 reason = _checkpoint_record_reason(item)
+            if reason is None:
+                reason = tree.record(item.fields)
             if reason is None and item.seq in wanted and wanted[item.seq] != item.hash:
                 reason = (
                     f"checkpoint mismatch: record seq {item.seq} has hash {item.hash}, but the "
@@ -532,10 +563,13 @@ def verify(
             lines.lines_in_file,
             f"log ends at seq {head_seq} before checkpoint seq {beyond[0]}: truncated",
         )
+    problem = tree.finish(head_seq)
+    if problem is not None:
+        return VerifyFailure(lines.path, lines.lines_in_file, problem)
     start = first_seq if first_seq is not None else head_seq + 1
     unchecked = tuple(sorted(seq for seq in wanted if seq < start))
     return VerifyOk(count, head_seq, head_hash, unchecked, first_seq or 1, anchor,
-                    macs_unchecked)
+                    macs_unchecked, tree.notes_unchecked, tree.roots_unchecked, tree.signed)
 
 
 def parse_checkpoint(text: str) -> tuple[int, str]:
@@ -545,7 +579,7 @@ def parse_checkpoint(text: str) -> tuple[int, str]:
     if not colon:
         raise ValueError(
             f"checkpoint {shown} is not SEQ:HASH (a record's seq, a colon, and that record's "
-            f"64-hex-digit hash)"
+            f"64-hex-digit hash) nor a signed checkpoint file"
         )
     seq_text = seq_text.strip()
     if not (seq_text.isascii() and seq_text.isdigit()) or len(seq_text) > 19:
@@ -559,6 +593,67 @@ def parse_checkpoint(text: str) -> tuple[int, str]:
     return seq, digest
 
 
+_SEQ_HASH = re.compile(r"\s*[0-9]+\s*:\s*[0-9a-fA-F]{64}\s*")
+
+
+def _anchor(path: str, verifiers: Sequence[note.Verifier]) -> tree_check.Anchor:
+    """A `--checkpoint NOTE_FILE`: a signed checkpoint that must verify. ValueError if not."""
+    if not verifiers:
+        raise ValueError(f"{path} is a signed checkpoint: give --public-key to verify it")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(65537)
+    except OSError as exc:
+        raise ValueError(f"{path}: can't read ({exc.strerror})") from None
+    return anchor_from_note(path, raw[:65536], verifiers)
+
+
+def anchor_from_note(name: str, raw: bytes, verifiers: Sequence[note.Verifier]
+                     ) -> tree_check.Anchor:
+    """A signed checkpoint (a file given, an archive's checkpoint object) that must verify
+    with one of `verifiers`; ValueError naming `name` if it does not."""
+    try:
+        opened = note.open_note(raw, verifiers)
+        point = audit_checkpoint.parse(opened.text)
+    except note.UnverifiedNote:
+        raise ValueError(f"{name}: not signed by any --public-key given") from None
+    except (note.NoteError, audit_checkpoint.CheckpointError) as exc:
+        raise ValueError(f"{name}: not a signed checkpoint that verifies ({exc})") from None
+    return tree_check.Anchor(name, point, ", ".join(dict.fromkeys(s.name for s in opened.sigs)))
+
+
+def is_seq_hash(text: str) -> bool:
+    """Whether a `--checkpoint` value is SEQ:HASH (else it names a signed checkpoint file)."""
+    return bool(_SEQ_HASH.fullmatch(text)) or not os.path.isfile(text)
+
+
+def _report(result: VerifyOk, out: TextIO, err: TextIO) -> None:
+    signed = (f", signed at tree size {result.signed[0]} by {result.signed[1]}"
+              if result.signed is not None else "")
+    print(f"ok: {result.records} records, head {result.head_hash}{signed}", file=out)
+    if result.first_seq > 1:
+        how = (f"anchored by checkpoint seq {result.anchor}" if result.anchor is not None
+               else "not anchored by any checkpoint (--allow-partial)")
+        print(f"started at seq {result.first_seq}: a retained suffix (records before it are "
+              f"not in the files given), {how}", file=out)
+    if result.macs_unchecked:
+        print("audit verify: warning: the records carry a mac, but no --hmac-key-file was "
+              "given: no mac was checked", file=err)
+    if result.notes_unchecked:
+        print("audit verify: warning: the checkpoints carry signed notes, but no --public-key "
+              "was given: no note was checked", file=err)
+    if result.roots_unchecked:
+        print("audit verify: note: the chain does not start at seq 1 in the files given: Merkle "
+              "roots before it could not be recomputed", file=err)
+    if result.unchecked_checkpoints:
+        listed = ", ".join(str(seq) for seq in result.unchecked_checkpoints)
+        print(
+            f"audit verify: note: checkpoint seq {listed} precede(s) the first record given "
+            f"and could not be checked",
+            file=err,
+        )
+
+
 def run(
     argv_paths: Sequence[str],
     hmac_key_files: Sequence[str],
@@ -566,6 +661,7 @@ def run(
     allow_partial: bool,
     out: TextIO,
     err: TextIO,
+    public_keys: Sequence[str] = (),
 ) -> int:
     """`audit verify`: 0 and `ok: N records, head <hash>` on `out`; 1 and `<path>:<line>:
     <reason>` on `out` for a bad log; 2 and a message on `err` for a usage error."""
@@ -582,10 +678,20 @@ def run(
             keys.append(load_hmac_key(key_file))
         except InvalidSecret as exc:
             return usage(f"--hmac-key-file {key_file}: {exc}")
+    verifiers: list[note.Verifier] = []
+    for text in public_keys:
+        try:
+            verifiers.append(verifier_from_arg(text))
+        except ValueError as exc:
+            return usage(f"--public-key: {exc}")
     checkpoints: list[tuple[int, str]] = []
+    anchors: list[tree_check.Anchor] = []
     for text in checkpoint_texts:
         try:
-            checkpoints.append(parse_checkpoint(text))
+            if not _SEQ_HASH.fullmatch(text) and os.path.isfile(text):
+                anchors.append(_anchor(text, verifiers))
+            else:
+                checkpoints.append(parse_checkpoint(text))
         except ValueError as exc:
             return usage(f"--checkpoint: {exc}")
     try:
@@ -608,27 +714,13 @@ def run(
         seen[identity] = path
     try:
         result = verify(
-            argv_paths, hmac_keys=keys, checkpoints=checkpoints, allow_partial=allow_partial
+            argv_paths, hmac_keys=keys, checkpoints=checkpoints, allow_partial=allow_partial,
+            verifiers=verifiers, anchors=anchors,
         )
     except OSError as exc:
         return usage(f"{exc.filename}: can't read ({exc.strerror})")
     if isinstance(result, VerifyFailure):
         print(f"{result.path}:{result.line}: {result.reason}", file=out)
         return 1
-    print(f"ok: {result.records} records, head {result.head_hash}", file=out)
-    if result.first_seq > 1:
-        how = (f"anchored by checkpoint seq {result.anchor}" if result.anchor is not None
-               else "not anchored by any checkpoint (--allow-partial)")
-        print(f"started at seq {result.first_seq}: a retained suffix (records before it are "
-              f"not in the files given), {how}", file=out)
-    if result.macs_unchecked:
-        print("audit verify: warning: the records carry a mac, but no --hmac-key-file was "
-              "given: no mac was checked", file=err)
-    if result.unchecked_checkpoints:
-        listed = ", ".join(str(seq) for seq in result.unchecked_checkpoints)
-        print(
-            f"audit verify: note: checkpoint seq {listed} precede(s) the first record given "
-            f"and could not be checked",
-            file=err,
-        )
+    _report(result, out, err)
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
 from gateway.audit import fleet, grouping, inputs, query, verify
@@ -24,8 +24,10 @@ class Options:
     hmac_keys: tuple[bytes, ...] = ()
     checkpoints: tuple[tuple[int, str], ...] = ()
     allow_partial: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    """More arguments of `verify.verify` (signed checkpoints: verifier keys, anchors)."""
+    verifiers: tuple[Any, ...] = ()
+    """`note.Verifier`s (--public-key): every signed note must verify with one."""
+    anchors: tuple[Any, ...] = ()
+    """`tree_check.Anchor`s (--checkpoint NOTE_FILE), each for the chain of its origin."""
 
 
 class Usage(Exception):
@@ -49,32 +51,60 @@ def is_legacy(paths: Sequence[str]) -> bool:
 
 
 def options_from(hmac_key_files: Sequence[str], checkpoint_texts: Sequence[str],
-                 allow_partial: bool) -> Options:
+                 allow_partial: bool, public_keys: Sequence[str] = ()) -> Options:
     keys = []
     for key_file in hmac_key_files:
         try:
             keys.append(load_hmac_key(key_file))
         except InvalidSecret as exc:
             raise Usage(f"--hmac-key-file {key_file}: {exc}") from None
+    verifiers: list[Any] = []
+    if public_keys:
+        from gateway.audit.signing import verifier_from_arg  # loads cryptography
+
+        for text in public_keys:
+            try:
+                verifiers.append(verifier_from_arg(text))
+            except ValueError as exc:
+                raise Usage(f"--public-key: {exc}") from None
     checkpoints = []
+    anchors: list[Any] = []
     for text in checkpoint_texts:
         try:
-            checkpoints.append(verify.parse_checkpoint(text))
+            if verify.is_seq_hash(text):
+                checkpoints.append(verify.parse_checkpoint(text))
+            elif not verifiers:
+                raise ValueError(f"{text} is a signed checkpoint: give --public-key to verify it")
+            else:
+                with open(text, "rb") as handle:
+                    anchors.append(verify.anchor_from_note(text, handle.read(65536), verifiers))
         except ValueError as exc:
             raise Usage(f"--checkpoint: {exc}") from None
-    return Options(tuple(keys), tuple(checkpoints), allow_partial)
+        except OSError as exc:
+            raise Usage(f"--checkpoint: {text}: can't read ({exc.strerror})") from None
+    return Options(tuple(keys), tuple(checkpoints), allow_partial, tuple(verifiers),
+                   tuple(anchors))
 
 
 def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
     """The single-chain verifier, as `fleet` calls it on each chain's ordered copy."""
 
-    def check(copy: str, job: fleet.ChainJob) -> fleet.ChainOutcome:
+    def check(copy: str, job: fleet.ChainJob, origin: str | None) -> fleet.ChainOutcome:
+        anchors = [a for a in options.anchors if a.checkpoint.origin == origin]
+        if options.verifiers:  # an archive's checkpoint objects must verify, and be held
+            for item in job.notes:
+                try:
+                    anchors.append(verify.anchor_from_note(item.source, item.text,
+                                                           options.verifiers))
+                except ValueError as exc:
+                    return fleet.ChainOutcome(False, f"checkpoint object {exc}")
         result = verify.verify([copy], hmac_keys=options.hmac_keys,
                                checkpoints=() if several else options.checkpoints,
-                               allow_partial=options.allow_partial, **options.extra)
+                               allow_partial=options.allow_partial,
+                               verifiers=options.verifiers, anchors=anchors)
         if isinstance(result, verify.VerifyFailure):
             return fleet.ChainOutcome(False, result.reason, result.line)
-        signed = getattr(result, "signed", None)
+        signed = result.signed
         text = (f"ok: {result.records} records, seq {result.first_seq}..{result.head_seq}, "
                 f"head {result.head_hash}")
         if signed is not None:
@@ -86,8 +116,11 @@ def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
             warnings.append(f"starts at seq {result.first_seq}: a retained suffix, {how}")
         if result.macs_unchecked:
             warnings.append("the records carry a mac, but no --hmac-key-file was given")
-        if getattr(result, "notes_unchecked", False):
+        if result.notes_unchecked:
             warnings.append("the checkpoints carry signed notes, but no --public-key was given")
+        if result.roots_unchecked:
+            warnings.append("starts after seq 1: Merkle roots before it could not be "
+                            "recomputed")
         return fleet.ChainOutcome(True, text, 0, tuple(warnings))
 
     return check
@@ -132,15 +165,21 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
                 print(f"audit {verb}: warning: chain {result.label}: {warning}"
                       if warning.startswith("starts at") else f"audit {verb}: warning: "
                       f"{warning}: not checked", file=err)
-    bad = read.problems or any(not r.ok for r in results) or not results
+    origins = {r.origin for r in results}
+    stray = [a for a in options.anchors if a.checkpoint.origin not in origins]
+    for anchor in stray:
+        print(f"signed checkpoint {anchor.name}: no chain with origin "
+              f"{anchor.checkpoint.origin!a} in the inputs given", file=out)
+    bad = read.problems or stray or any(not r.ok for r in results) or not results
     return Verified(1 if bad else 0, results)
 
 
 def run_verify(paths: Sequence[str], hmac_key_files: Sequence[str],
                checkpoint_texts: Sequence[str], allow_partial: bool, jobs: int,
-               out: TextIO, err: TextIO, stdin: IO[bytes] | None = None) -> int:
+               out: TextIO, err: TextIO, stdin: IO[bytes] | None = None,
+               public_keys: Sequence[str] = ()) -> int:
     try:
-        options = options_from(hmac_key_files, checkpoint_texts, allow_partial)
+        options = options_from(hmac_key_files, checkpoint_texts, allow_partial, public_keys)
         return verify_inputs(paths, options, jobs=jobs, out=out, err=err,
                              stdin=stdin if stdin is not None else sys.stdin.buffer,
                              filters=None, verb="verify").status
@@ -151,10 +190,11 @@ def run_verify(paths: Sequence[str], hmac_key_files: Sequence[str],
 
 def run_query(paths: Sequence[str], filters: query.Filters, fmt: str,
               hmac_key_files: Sequence[str], no_verify: bool, jobs: int,
-              out: TextIO, err: TextIO, stdin: IO[bytes] | None = None) -> int:
+              out: TextIO, err: TextIO, stdin: IO[bytes] | None = None,
+              public_keys: Sequence[str] = ()) -> int:
     """`audit query`: rows only when every chain read verifies (or with `no_verify`)."""
     try:
-        options = options_from(hmac_key_files, (), allow_partial=False)
+        options = options_from(hmac_key_files, (), False, public_keys)
         verified = verify_inputs(paths, options, jobs=jobs, out=err, err=err,
                                  stdin=stdin if stdin is not None else sys.stdin.buffer,
                                  filters=filters, verb="query", check_chains=not no_verify)

@@ -23,6 +23,10 @@ How a record gets to disk:
   good: a new chain is never started while running.
 - The `audit.stdout` mirror is written without blocking (`gateway.telemetry.pipes`): when its
   reader stops draining, records are dropped from the mirror (counted), never from the file.
+- Every record carries its `chain`; the chain's Merkle tree, its signed checkpoints and the
+  first records of a chain (`audit.chain`, then `audit.opened` at each start) come from
+  `gateway.audit.signed_chain`. A configured signing key that can't be used fails the log
+  closed, like the HMAC key.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
+from gateway import __version__
+from gateway.audit import chain as audit_chain
 from gateway.audit.availability import Availability
 from gateway.audit.committed import ArchiveHooks, Committed
 from gateway.audit.files import LogFile
@@ -42,9 +48,14 @@ from gateway.audit.mac import MacKey
 from gateway.audit.mirror import mirror_for
 from gateway.audit.recovery import BrokenTail, continue_chain
 from gateway.audit.retention import Retention
+from gateway.audit.signed_chain import ChainKeeper, plan_open
+from gateway.audit.timestamps import utc_timestamp
 from gateway.config.model import AuditConfig
 from gateway.errors import ServiceUnavailable
 from gateway.secrets.sources import SecretSource
+
+if TYPE_CHECKING:
+    from gateway.audit.signing import SigningKeySource
 
 log = structlog.get_logger("gateway.audit")
 
@@ -91,6 +102,7 @@ class AuditLog:
         *,
         mac_key: SecretSource | None = None,
         token: SecretSource | None = None,
+        signing_key: SigningKeySource | None = None,
         stdout: IO[bytes] | None = None,
         on_failure: Callable[[], None] | None = None,
         on_stdout_drop: Callable[[int], None] | None = None,
@@ -104,10 +116,10 @@ class AuditLog:
                              on_rotate=self._rotated)
         self._retention = Retention(config.path, config.keep_files,
                                     archive.covers if archive is not None else None)
-        self._committed = Committed(
-            mirror_for(stdout, enabled=config.stdout, on_drop=on_stdout_drop), self._retention,
-            archive)
-        self._head = ChainHead(config.checkpoint_every)
+        self._committed = Committed(mirror_for(stdout, enabled=config.stdout,
+                                               on_drop=on_stdout_drop), self._retention, archive)
+        self.keeper = ChainKeeper.for_config(config, __version__, signing_key, token)
+        self._head = ChainHead(config.checkpoint_every, self.keeper)
         self._queue: list[Waiter] = []
         self._retained: list[dict[str, Any]] = []
         self._turn = FlushTurn(self._flush)
@@ -169,6 +181,8 @@ class AuditLog:
             with contextlib.suppress(AuditUnavailable):
                 await self.write(checkpoint_body(), retain=True)
         await self.drain()
+        if self._file.fd is not None:
+            self.keeper.save(self._head.seq, self._head.head)  # the next start reads nothing
         self._file.close()
         if self._committed.mirror is not None:
             self._committed.mirror.close()
@@ -223,8 +237,9 @@ class AuditLog:
 
     async def probe(self) -> bool:
         """For readiness: retry a failed log (reopen, write what was retained)."""
-        if self._mac.configured and self._mac.current() is None:
-            self._state.fail(self._mac.problem())
+        problem = key_problem(self._mac, self.keeper)
+        if problem is not None:
+            self._state.fail(problem)
             return False
         if self._file.fd is not None and not self._state.still_ours(self._file):
             return False
@@ -261,10 +276,10 @@ class AuditLog:
             mac_key = self._mac.current()
             if file.fd is None:
                 self.open()
-            if (file.fd is None or (self._mac.configured and mac_key is None)
-                    or not state.still_ours(file)):
+            problem = key_problem(self._mac, self.keeper)
+            if file.fd is None or problem is not None or not state.still_ours(file):
                 if file.fd is not None and not state.file_lost:
-                    state.fail(self._mac.problem())
+                    state.fail(problem or "no key")
                 settle(batch, ok=False, retained=self._retained)
                 self._retained[:0] = bodies[:retained_count]
                 continue
@@ -286,6 +301,7 @@ class AuditLog:
             state.ok()
             self.records_written += len(sealed)
             settle(batch, ok=True, retained=self._retained)
+            self.keeper.committed(sealed, self._head.seq, self._head.head)
             try:
                 self._committed(data, sealed, synced=sync or not self.config.fsync)
             except Exception:  # a broken stdout or log must not wedge the writer
@@ -300,23 +316,19 @@ class AuditLog:
 
     # -- the file -----------------------------------------------------------------------------
 
-    @property
-    def head_seq(self) -> int:
-        """The seq of the last record written."""
-        return self._head.seq
-
-    def archived_more(self) -> None:
-        """The archive caught up: files kept for it may go now (`audit.keep_files`)."""
-        if self._file.fd is not None and self._retention.plan_due():
-            self._rotated("")
-
-    def _rotated(self, rotated_to: str) -> None:
-        """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for."""
-        if rotated_to:
-            log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
-        for body in self._retention.plan():
+    def plan_retention(self) -> None:
+        """At a rotation, and when the archive moves: the deletions `audit.keep_files` asks."""
+        for body in self._retention.plan() if self._file.fd is not None else ():
             self.write_later(body)
             self._durable_pending += 1
+
+    def _rotated(self, rotated_to: str) -> None:
+        """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for,
+        and a checkpoint (signed, with a key) over every record up to the rotation."""
+        log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
+        self.plan_retention()
+        if self._head.seq:
+            self._queue.append((checkpoint_body(), None))
 
     def _open_file(self) -> None:
         if self._file.replaced_since_opened():
@@ -330,6 +342,35 @@ class AuditLog:
             # fsynced, as the truncation it describes was.
             self._queue.insert(0, (recovered, None))
             self._durable_pending += 1
+        begun, opened = open_chain(self.keeper, self._file, self._head)
+        self._queue[:0] = [(body, None) for body in begun]
+        self._queue.extend((body, None) for body in opened)
+
+
+def key_problem(mac: MacKey, keeper: ChainKeeper) -> str | None:
+    """Why records can't be sealed now (a configured key that can't be used), or None."""
+    if mac.configured and mac.current() is None:
+        return mac.problem()
+    return keeper.signing_problem()
+
+
+def open_chain(
+    keeper: ChainKeeper, file: LogFile, head: ChainHead
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chain at open: continued (its tree resumed), or begun (a new log, or one that can't
+    be continued, rotated out untouched first). The bodies to write first (`audit.chain`) and
+    after anything already queued (`audit.opened`)."""
+    plan = plan_open(keeper, file.path, head.seq)
+    if plan is None:
+        return [], []
+    ts = utc_timestamp()
+    if not plan.new_chain:
+        return [], [keeper.opened(ts)]
+    head.continue_from(0, audit_chain.GENESIS)
+    head.since_checkpoint = 0
+    if file.size:
+        file.rotate()
+    return [keeper.begin(plan.previous, ts)], [keeper.opened(ts)]
 
 
 def settle(batch: list[Waiter], *, ok: bool, retained: list[dict[str, Any]]) -> None:

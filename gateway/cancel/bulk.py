@@ -127,7 +127,8 @@ async def _write_result(
     results: list[ItemResult | None],
 ) -> None:
     record = batch.result_record(status=status, error=error, counts=counts_of(results))
-    # Unauthenticated refusals share the single cancel's per-client budget (issue 9).
+    # Unauthenticated refusals share the single cancel's per-client budget
+    # (`audit.denied_per_second`).
     if not pipeline.denied.admit(record, authenticated=batch.principal is not None):
         return
     with contextlib.suppress(AuditUnavailable):

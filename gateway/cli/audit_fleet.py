@@ -48,9 +48,11 @@ def run_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if verify_fleet.is_legacy(args.paths):
         return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
-                                args.allow_partial, sys.stdout, sys.stderr)
+                                args.allow_partial, sys.stdout, sys.stderr,
+                                public_keys=args.public_key)
     return verify_fleet.run_verify(args.paths, args.hmac_key_file, args.checkpoint,
-                                   args.allow_partial, args.jobs, sys.stdout, sys.stderr)
+                                   args.allow_partial, args.jobs, sys.stdout, sys.stderr,
+                                   public_keys=args.public_key)
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -71,4 +73,5 @@ def run_query(args: argparse.Namespace) -> int:
         print("audit query: --jobs must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
     return verify_fleet.run_query(args.paths, filters, args.format, args.hmac_key_file,
-                                  args.no_verify, args.jobs, sys.stdout, sys.stderr)
+                                  args.no_verify, args.jobs, sys.stdout, sys.stderr,
+                                  public_keys=args.public_key)

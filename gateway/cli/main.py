@@ -1,4 +1,5 @@
-"""The command line: serve, check-config, keys, audit verify, bulk-cancel, demo, standin.
+"""The command line: serve, check-config, keys, audit (gateway.cli.audit), bulk-cancel, demo,
+standin.
 
 Exit status: 0 success, 2 usage or configuration error, 1 anything else.
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.access import keys
-from gateway.cli import audit_fleet
+from gateway.cli import audit as audit_cli
 from gateway.config import load as config
 from gateway.config import model
 from gateway.config.teams import TEAM_NAME_RE
@@ -57,19 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--audience", default="chroma-sync-gateway")
     trial.add_argument("--hours", type=float, default=1.0, help="token lifetime (default 1)")
 
-    audit = commands.add_parser("audit", help="audit log tools")
-    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = audit_commands.add_parser(
-        "verify", help="verify a log, or a rotated set given oldest first")
-    verify.add_argument("paths", nargs="+", metavar="PATH")
-    verify.add_argument("--hmac-key-file", action="append", default=[],
-                        help="the auditors' HMAC key (repeat for a rotated key)")
-    verify.add_argument("--checkpoint", action="append", default=[], metavar="SEQ:HASH",
-                        help="a checkpoint kept elsewhere that the log must contain")
-    verify.add_argument("--allow-partial", action="store_true",
-                        help="accept a chain that starts after seq 1 (older files not given)")
-    audit_fleet.add_verify_options(verify)
-    audit_fleet.add_query_parser(audit_commands)
+    audit_cli.add_parser(commands)
 
     bulk = commands.add_parser(
         "bulk-cancel", help="cancel every pending invocation of a source or a database",
@@ -113,9 +102,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "audit":
-        if args.audit_command == "query":
-            return audit_fleet.run_query(args)
-        return audit_fleet.run_verify(args)
+        return audit_cli.run(args, sys.stdout, sys.stderr)
     if args.command == "check-config":
         return _check_config(config.load(config.config_path(args.config)), strict=args.strict)
     if args.command == "bulk-cancel":
@@ -199,7 +186,8 @@ def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     print(f"audit: {a.path} (fsync {'on' if a.fsync else 'off'}, "
           f"hmac {'on' if a.hmac_key_file else 'off'}, stdout {'on' if a.stdout else 'off'}, "
           f"rotation {f'at {a.max_bytes} bytes' if a.max_bytes else 'off'}, "
-          f"record_context {'on' if a.record_context else 'off'})")
+          f"record_context {'on' if a.record_context else 'off'}, "
+          f"signing {'on' if a.signing_key_file else 'off'})")
     print(f"teams: {len(cfg.teams)}")
     for team in cfg.teams:
         print(f"  {team.name}: {len(team.keys)} key(s) "
@@ -221,11 +209,18 @@ def _check_config(cfg: model.Config, *, strict: bool = False) -> int:
     from gateway.config.preflight import strict_findings
 
     findings = strict_findings(cfg)
+    problems = list(findings.problems)
+    if a.signing_key_file:
+        from gateway.audit.signing import strict_problem
+
+        problem = strict_problem(a.signing_key_file, token.value)
+        if problem is not None:
+            problems.append(f"{cfg.source}: audit.signing_key_file: {problem}")
     for warning in findings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for problem in findings.problems:
+    for problem in problems:
         print(problem, file=sys.stderr)
-    if findings.problems:
+    if problems:
         return EXIT_USAGE
     print("strict: ok")
     return EXIT_OK

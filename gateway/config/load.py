@@ -92,10 +92,20 @@ def parse(data: Mapping[str, Any], *, source: str = DEFAULT_CONFIG) -> Config:
         bulk=sections.bulk(data),
         traces=sections.traces(data),
     )
-    if _same_file(config.audit.hmac_key_file, config.upstream.token_file):
+    audit, token_file = config.audit, config.upstream.token_file
+    if _same_file(audit.hmac_key_file, token_file):
         # Auditors get the HMAC key; they must never get the Chroma token with it.
         raise sections.fail("audit.hmac_key_file", "must not be the upstream token file "
                             "(upstream.token_file)")
+    if _same_file(audit.signing_key_file, token_file):
+        raise sections.fail("audit.signing_key_file", "must not be the upstream token file "
+                            "(upstream.token_file)")
+    for other, name in ((audit.path, "audit.path"), (token_file, "upstream.token_file"),
+                        (audit.hmac_key_file, "audit.hmac_key_file"),
+                        (audit.signing_key_file, "audit.signing_key_file")):
+        if _same_file(audit.checkpoint_file, other):
+            # It is replaced at every checkpoint: it would destroy what it names.
+            raise sections.fail("audit.checkpoint_file", f"must not be {name}")
     return config
 
 

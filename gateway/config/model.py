@@ -51,6 +51,10 @@ class AuditConfig:
     keep_files: int | None = None  # rotated files kept; None keeps them all
     record_context: bool = False  # look up every cancel, so every record names what it touched
     denied_per_second: int = 20  # result records a second per client for unauthenticated refusals
+    signing_key_file: str | None = None  # Ed25519 signed-note key: checkpoints carry a `note`
+    origin: str | None = None  # the checkpoints' origin line; None: chroma-sync-gateway/<chain>
+    instance: str | None = None  # names the writer in audit.chain/opened; None: the host name
+    checkpoint_file: str | None = None  # the newest signed checkpoint, atomically replaced
     archive: str | None = None  # file:///PATH or s3://BUCKET/PREFIX: segments cut at checkpoints
 
 

@@ -179,6 +179,7 @@ class SectionParser(Checks):
         allowed = {
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
             "stdout", "max_bytes", "keep_files", "record_context", "denied_per_second",
+            "signing_key_file", "origin", "instance", "checkpoint_file",
             "archive",
         }
         t = self.table(data, "audit", allowed)
@@ -211,6 +212,10 @@ class SectionParser(Checks):
                 t, "audit", "denied_per_second", lambda k, v: self.count(k, v, 1, 10**6),
                 d.denied_per_second,
             ),
+            signing_key_file=self.get(t, "audit", "signing_key_file", self.string, None),
+            origin=self.get(t, "audit", "origin", self.one_line_name, None),
+            instance=self.get(t, "audit", "instance", self.one_line_name, None),
+            checkpoint_file=self.get(t, "audit", "checkpoint_file", self.string, None),
             archive=self.get(t, "audit", "archive", self.archive_url, None),
         )
 
@@ -227,6 +232,15 @@ class SectionParser(Checks):
                                 "'chroma-sync-gateway[s3]'")
             return text
         raise self.fail(key, f"must be file:///PATH or s3://BUCKET/PREFIX, got {shown(value)}")
+
+    def one_line_name(self, key: str, value: object) -> str:
+        """A checkpoint origin or an instance name: 1 to 255 characters, no space or control
+        character (the origin is the first line of every signed checkpoint)."""
+        text = self.string(key, value)
+        if len(text) > 255 or any(c.isspace() or not c.isprintable() for c in text):
+            raise self.fail(key, f"must be 1 to 255 characters without spaces or control "
+                            f"characters, got {shown(value)}")
+        return text
 
 
 def _is_loopback(host: str) -> bool:

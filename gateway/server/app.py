@@ -128,14 +128,19 @@ class Gateway:
             if config.audit.hmac_key_file
             else None
         )
+        signing_key = None
+        if config.audit.signing_key_file:
+            from gateway.audit.signing import SigningKeySource  # loads cryptography
+
+            signing_key = SigningKeySource(config.audit.signing_key_file)
         archiver = None
         if config.audit.archive is not None:
             archiver = Archiver(config.audit.archive, config.audit.path,
                                 on_upload=lambda result: uploads.labels(result).inc(),
-                                on_progress=lambda: written.archived_more())
-            uploads = metrics.archive(lambda: archiver.lag(None, written.head_seq))
+                                on_progress=lambda: written.plan_retention())
+            uploads = metrics.archive(archiver.lag)
         if audit is None:
-            audit = AuditLog(config.audit, mac_key=mac_key, token=token,
+            audit = AuditLog(config.audit, mac_key=mac_key, token=token, signing_key=signing_key,
                              on_failure=metrics.audit_failures.inc,
                              on_stdout_drop=metrics.audit_stdout_dropped.inc,
                              archive=archiver)
@@ -148,7 +153,7 @@ class Gateway:
             upstream=UpstreamClient(up),
             metrics=metrics,
             policy=build_policy(config, metrics),
-            secrets=(token,) + ((mac_key,) if mac_key else ()),
+            secrets=(token, *(s for s in (mac_key, signing_key) if s is not None)),
             traces=traces_for(config),
         )
         gateway.archiver = archiver
@@ -227,6 +232,7 @@ class Gateway:
     def _update_gauges(self) -> None:
         self.metrics.token_available.set(1 if self.token.available else 0)
         self.metrics.audit_ready.set(1 if self.audit.ready else 0)
+        self.metrics.audit_signing_key.set(1 if self.audit.keeper.signer() is not None else 0)
         self.metrics.audit_records.set(self.audit.records_written)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -68,6 +68,12 @@ class Metrics:
         self.audit_ready = Gauge(
             "chroma_sync_gateway_audit_ready", "1 when the audit log is writable.", registry=r,
         )
+        self.audit_signing_key = Gauge(
+            "chroma_sync_gateway_audit_signing_key_available",
+            "1 when the audit signing key (audit.signing_key_file) is loaded and usable; 0 when "
+            "it is missing, malformed or holds the upstream token, or none is configured.",
+            registry=r,
+        )
         self.token_available = Gauge(
             "chroma_sync_gateway_upstream_token_available",
             "1 when a valid upstream token is loaded.", registry=r,

@@ -1,4 +1,5 @@
-"""What the caller gets back for each upstream answer: SPEC.md's mapping table, row by row."""
+"""What the caller gets back for each upstream answer: the mapping table of the docs' "Calling
+it" page, row by row."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def interpret(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> Reply
 
 
 def refusal(answer: UpstreamAnswer, *, secrets: tuple[str, ...] = ()) -> GatewayError:
-    """A lookup's answer other than 200, as the error the caller gets (SPEC's table)."""
+    """A lookup's answer other than 200, as the error the caller gets (the same table)."""
     if answer.status == 202:  # a GET never cancels: not an answer the table knows
         error: GatewayError = UpstreamFailure(
             "Chroma Sync answered a lookup with an unexpected status (202)",

@@ -1,7 +1,7 @@
 """Whether an upstream text holds the gateway's token, in any of the forms an echo could take.
 
 An upstream that echoes the `X-Chroma-Token` it got (a debug page, a proxy's error) must not
-hand it to a caller, not even disguised: SPEC.md counts the token in any letter case, any
+hand it to a caller, not even disguised: the token counts in any letter case, any
 16-character piece of it, its base64 and its hex. The forms are worked out once per token
 value (`forms_of`, cached on the value, so a rotation gets new ones) and each text is then
 lowered once and searched with `in`, which is C speed; upstream bodies are at most 64 KiB.

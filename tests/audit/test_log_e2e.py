@@ -31,7 +31,7 @@ CANCEL_FIELDS = {
     "ts", "event", "request_id", "invocation_id", "team", "key_id", "client", "outcome",
     "status", "upstream_status", "error", "duration_ms", "database", "collection", "source_id",
 }
-CHAIN_FIELDS = {"seq", "prev", "hash"}
+CHAIN_FIELDS = {"seq", "prev", "hash", "chain"}
 ATTEMPT_FIELDS = {"attempt"}  # the try's number
 RESULT_FIELDS = {"attempts", "reconciled"}  # PUTs sent; settled by a lookup
 TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
@@ -149,7 +149,8 @@ def test_every_audit_field_is_present_with_the_right_type(
     bad_id = "x" * 200
     invalid = gateway.cancel(bad_id, headers={"x-request-id": "fields-400"})
     assert invalid.status_code == 400
-    records = gateway.wait_for_records(lambda r: len(r) >= 4)
+    gateway.wait_for_records(lambda r: sum(x["event"].startswith("cancel.") for x in r) >= 4)
+    records = gateway.cancel_records()
     assert len(records) == 4
 
     key_id = keys.key_id(keys.stored_form(BILLING_KEY))
@@ -399,7 +400,8 @@ def test_checkpoints_every_n_records_go_to_stderr_and_stdout_mirrors_the_file(
             since += 1
             assert since <= 10
     in_file = {r["seq"]: r["hash"] for r in records if r["event"] == "audit.checkpoint"}
-    assert sorted(in_file) == [11, 22, 27]  # 24 cancel records, +1 at shutdown
+    # audit.chain, audit.opened and 24 cancel records, +1 at shutdown
+    assert sorted(in_file) == [11, 22, 29]
     logged = {e["seq"]: e["hash"] for e in gateway.logs() if e.get("event") == "audit.checkpoint"}
     assert logged == in_file
 
@@ -446,12 +448,12 @@ def test_with_hmac_key_file_every_record_has_a_mac_that_verifies(
     assert gateway.stop() == 0
 
     records = whole_lines(gateway.audit_path)
-    assert len(records) == 8  # 3 x 2 + 1 + the checkpoint at shutdown
+    assert len(records) == 10  # audit.chain, audit.opened, 3 x 2 + 1, the shutdown checkpoint
     for record in records:
         assert re.fullmatch(r"[0-9a-f]{64}", record["mac"])
         encoded = audit_chain.canonical(audit_chain.body_of(record))
         assert audit_chain.mac_matches(HMAC_KEY.encode(), encoded, record["mac"])
-    assert_verify_ok(gateway.audit_path, "--hmac-key-file", key_file, records=8)
+    assert_verify_ok(gateway.audit_path, "--hmac-key-file", key_file, records=10)
     wrong = tmp_path / "wrong.key"
     wrong.write_text("w" * 40)
     failed = verify_cli(gateway.audit_path, "--hmac-key-file", wrong)

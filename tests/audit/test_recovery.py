@@ -57,7 +57,8 @@ def test_torn_last_line_is_removed_and_described_in_recovered_record(tmp_path: P
     assert recovered["discarded_sha256"] == hashlib.sha256(torn).hexdigest()
     assert base64.b64decode(recovered["discarded_b64"]) == torn
     assert "torn" in recovered["reason"]
-    assert records[len(good) + 1]["request_id"] == "req-new-0"
+    assert records[len(good) + 1]["event"] == "audit.opened"  # after what it found, this start
+    assert records[len(good) + 2]["request_id"] == "req-new-0"
     assert path.read_bytes().endswith(b"\n")
     assert_verifies([path])
 
@@ -149,5 +150,6 @@ def test_restart_after_rotation_with_empty_live_file_continues_from_rotated_file
     records = records_of(path)
     assert records[0]["seq"] == last["seq"] + 1
     assert records[0]["prev"] == last["hash"]
-    assert records[0]["request_id"] == "req-new-0"
+    assert records[0]["event"] == "audit.opened" and records[0]["chain"] == last["chain"]
+    assert records[1]["request_id"] == "req-new-0"
     assert_verifies([tmp_path / "audit.jsonl.000001", path])

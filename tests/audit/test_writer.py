@@ -29,6 +29,7 @@ from gateway.config.model import AuditConfig
 from gateway.secrets.sources import FileSecret
 
 HMAC_KEY = "k" * 16 + "0123456789abcdef0123"  # >= 32 characters
+FRAME = 2  # a new log begins with `audit.chain` (seq 1) and `audit.opened`
 
 
 @contextlib.contextmanager
@@ -137,7 +138,9 @@ def test_records_are_chained_seq_prev_hash_and_verify(tmp_path: Path) -> None:
         assert line == audit_chain.canonical(record) + b"\n"
         assert record["hash"] == audit_chain.record_hash(
             audit_chain.canonical(audit_chain.body_of(record)))
-    assert [r["request_id"] for r in records[:5]] == [f"req-{n}" for n in range(5)]
+    assert [r["event"] for r in records[:FRAME]] == ["audit.chain", "audit.opened"]
+    assert [r["request_id"] for r in records[FRAME:FRAME + 5]] == [f"req-{n}" for n in range(5)]
+    assert {r["chain"] for r in records} == {records[0]["chain"]}
     ok = assert_verifies([path])
     assert ok.records == len(records)
     assert ok.head_hash == records[-1]["hash"]
@@ -201,7 +204,7 @@ def test_without_fsync_config_no_fsync_is_made(tmp_path: Path) -> None:
 
     run(scenario())
     assert syncs.calls == 0
-    assert len(records_of(tmp_path / "audit.jsonl")) == 11
+    assert len(records_of(tmp_path / "audit.jsonl")) == FRAME + 11
 
 
 def completes_without_waiting(coro: Coroutine[Any, Any, None]) -> bool:
@@ -334,8 +337,9 @@ def test_checkpoint_record_after_every_n_records_names_the_head(tmp_path: Path) 
     path = make_log(tmp_path, 12, checkpoint_every=5)
     records = records_of(path)
     events = [r["event"] for r in records]
-    assert events[:12] == ["cancel.attempt"] * 5 + ["audit.checkpoint"] + [
-        "cancel.attempt"] * 5 + ["audit.checkpoint"]
+    # Every record counts towards the next checkpoint, the two that begin the log too.
+    assert events[:12] == ["audit.chain", "audit.opened"] + ["cancel.attempt"] * 3 + [
+        "audit.checkpoint"] + ["cancel.attempt"] * 5 + ["audit.checkpoint"]
     by_seq = {r["seq"]: r for r in records}
     for record in records:
         if record["event"] == "audit.checkpoint":
@@ -355,7 +359,7 @@ def test_checkpoint_after_checkpoint_seconds_only_when_there_is_something_new(
         await log.start()
         await log.write(body(1))
         await asyncio.sleep(0.6)
-        events = [r["event"] for r in records_of(path)]
+        events = [r["event"] for r in records_of(path)][FRAME:]
         assert events == ["cancel.attempt", "audit.checkpoint"]  # one, not one per tick
         await log.write(body(2))
         await asyncio.sleep(0.5)
@@ -364,19 +368,21 @@ def test_checkpoint_after_checkpoint_seconds_only_when_there_is_something_new(
         await log.close()
 
     run(scenario())
-    records = records_of(path)
-    assert records[1]["head_seq"] == 1 and records[1]["head_hash"] == records[0]["hash"]
+    records = records_of(path)[FRAME:]
+    assert records[1]["head_seq"] == FRAME + 1 and records[1]["head_hash"] == records[0]["hash"]
     assert_verifies([path])
 
 
 def test_close_writes_a_final_checkpoint(tmp_path: Path) -> None:
     path = make_log(tmp_path, 3)
     records = records_of(path)
-    assert len(records) == 4
+    assert len(records) == FRAME + 4
     final = records[-1]
     assert final["event"] == "audit.checkpoint"
-    assert final["head_seq"] == 3 and final["head_hash"] == records[2]["hash"]
-    assert set(final) == {"ts", "event", "seq", "prev", "hash", "head_seq", "head_hash"}
+    assert final["head_seq"] == FRAME + 3 and final["head_hash"] == records[-2]["hash"]
+    assert set(final) == {"ts", "event", "seq", "prev", "hash", "head_seq", "head_hash",
+                          "chain", "tree_size", "root"}
+    assert final["tree_size"] == final["seq"] - 1
 
 
 # -- stdout mirror ------------------------------------------------------------------------------
@@ -393,7 +399,7 @@ def test_stdout_mirror_writes_the_same_lines_as_the_file(tmp_path: Path) -> None
 
     run(scenario())
     data = (tmp_path / "audit.jsonl").read_bytes()
-    assert len(data.splitlines()) == 13  # 10 + 2 every 4 + the final one
+    assert len(data.splitlines()) == 15  # 2 + 10, and a checkpoint after every 4 of them
     assert mirror.getvalue() == data
 
 
@@ -480,7 +486,7 @@ def test_with_hmac_key_every_record_has_a_valid_mac(tmp_path: Path) -> None:
 
     run(scenario())
     records = records_of(path)
-    assert len(records) == 10
+    assert len(records) == 12  # 2 + 7, and a checkpoint after every 3 of them
     key = HMAC_KEY.encode()
     for record in records:
         encoded = audit_chain.canonical(audit_chain.body_of(record))

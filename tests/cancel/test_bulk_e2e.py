@@ -217,7 +217,7 @@ def test_every_cancel_of_a_batch_is_audited_like_a_single_cancel_and_the_log_ver
     batch_id = response.json()["batch_id"]
     records = batch_records(gateway, batch_id)
     started, *cancels, finished = records
-    assert {k: started[k] for k in started if k not in ("ts", "seq", "prev", "hash")} == {
+    assert {k: started[k] for k in started if k not in ("ts", "seq", "prev", "hash", "chain")} == {
         "event": "batch.started", "batch_id": batch_id, "request_id": "bulk-audit",
         "team": "billing", "key_id": BILLING_KEY_ID, "client": "127.0.0.1",
         "source_id": source, "dry_run": False, "limit": 1000,

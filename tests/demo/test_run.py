@@ -155,14 +155,14 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
     assert "search" not in out_of_scope.json()["message"]
 
     assert audit_path.exists()
-    wait_for_lines(audit_path, 5)  # two attempts, two results, one refusal
+    wait_for_lines(audit_path, 7)  # the chain's 2 first, two attempts, two results, a refusal
     # The hint as printed, by a shell whose PATH lacks .venv/bin (as after `scripts/install`).
     verify = subprocess.run(
         ["/bin/sh", "-c", hint], capture_output=True, text=True, timeout=30, check=False,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith("ok: 5 records")
+    assert verify.stdout.startswith("ok: 7 records")
     records = [json.loads(line) for line in audit_path.read_text().splitlines()]
     results = [r for r in records if r["event"] == "cancel.result"]
     assert [r["outcome"] for r in results] == ["cancelled", "not_cancelable", "forbidden"]

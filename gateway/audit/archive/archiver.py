@@ -41,6 +41,7 @@ class Archiver:
         self._on_upload = on_upload
         self._on_progress = on_progress
         self._current: str | None = None  # the chain last heard of: the one being written
+        self._written: dict[str, int] = {}  # chain -> the last seq written
         self._command = command or [sys.executable, "-m", "gateway.audit.archive.worker"]
         self._durable: dict[str, int] = {}
         self._archived: dict[str, int] = {}
@@ -60,16 +61,22 @@ class Archiver:
 
     checkpoint_durable = durable
 
+    def written(self, chain: str, seq: int) -> None:
+        """Records of `chain` are written up to `seq` (durable or not): for the lag."""
+        self._current = chain
+        self._written[chain] = seq
+
     def archived_through(self, chain: str) -> int:
         """The last seq of `chain` known to be in the archive (0: none yet, or not known)."""
         return self._archived.get(chain, 0)
 
-    def lag(self, chain: str | None, head_seq: int) -> int:
+    def lag(self, chain: str | None = None) -> int:
         """Records of `chain` (default: the one being written) written, not archived yet."""
         chain = chain or self._current
         if chain is None:
             return 0
-        return max(0, head_seq - self.archived_through(chain))
+        written = max(self._written.get(chain, 0), self._durable.get(chain, 0))
+        return max(0, written - self.archived_through(chain))
 
     def covers(self, seq: int) -> bool:
         """Whether records up to `seq` of the chain being written are in the archive (what
