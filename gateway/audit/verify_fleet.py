@@ -110,10 +110,11 @@ def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
         if signed is not None:
             text += f", signed at tree size {signed[0]} by {signed[1]}"
         warnings = []
-        if result.first_seq > 1:
+        if result.first_seq > 1:  # said on stdout, after the chain's line, as in 0.2
             how = (f"anchored by checkpoint seq {result.anchor}" if result.anchor is not None
                    else "not anchored by any checkpoint (--allow-partial)")
-            warnings.append(f"starts at seq {result.first_seq}: a retained suffix, {how}")
+            text += (f"\nstarted at seq {result.first_seq}: a retained suffix (records before "
+                     f"it are not in the files given), {how}")
         if result.macs_unchecked:
             warnings.append("the records carry a mac, but no --hmac-key-file was given")
         if result.notes_unchecked:
@@ -160,11 +161,9 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
         if filters is None or not result.ok:
             print(result.line(), file=out)
         for warning in result.warnings:
-            if warning not in warned or warning.startswith("starts at"):
+            if warning not in warned:  # once for all chains
                 warned.add(warning)
-                print(f"audit {verb}: warning: chain {result.label}: {warning}"
-                      if warning.startswith("starts at") else f"audit {verb}: warning: "
-                      f"{warning}: not checked", file=err)
+                print(f"audit {verb}: warning: {warning}: not checked", file=err)
     origins = {r.origin for r in results}
     stray = [a for a in options.anchors if a.checkpoint.origin not in origins]
     for anchor in stray:

@@ -1,7 +1,8 @@
 """Audit files of 0.3 chains written here, record by record, as the writer lays them out.
 
 Records are sealed with `gateway.audit.chain` (the writer's own code); checkpoints carry
-`chain`, `tree_size` and a stand-in `note` (the archive copies notes, it does not check them).
+`chain`, `tree_size`, the RFC 9162 `root` (`gateway.audit.merkle`) and a stand-in `note` (the
+archive copies notes, it does not check them; without --public-key neither does verify).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import chain as audit_chain
+from gateway.audit import merkle
 
 
 class ChainFiles:
@@ -23,6 +25,7 @@ class ChainFiles:
         self.seq = 0
         self.head = audit_chain.GENESIS
         self.lines: list[bytes] = []  # every line written, in order
+        self.tree = merkle.Tree()
         self._rotated = 0
         self._append({"ts": _ts(0), "event": "audit.chain", "instance": "pod-a",
                       "origin": f"chroma-sync-gateway/{self.chain}", "version": "0.3.0",
@@ -35,6 +38,7 @@ class ChainFiles:
         with open(self.path, "ab") as handle:
             handle.write(line)
         self.lines.append(line)
+        self.tree.append(line[:-1])
         return record
 
     def add(self, count: int = 1, **fields: Any) -> None:
@@ -49,7 +53,7 @@ class ChainFiles:
         size = self.seq
         body: dict[str, Any] = {"ts": _ts(size + 1), "event": "audit.checkpoint",
                                 "head_seq": self.seq, "head_hash": self.head,
-                                "tree_size": size, "root": "0" * 64}
+                                "tree_size": size, "root": self.tree.root().hex()}
         if signed:
             body["note"] = f"chroma-sync-gateway/{self.chain}\n{size}\nroot=\n\n— key sig\n"
         return int(self._append(body)["seq"])
