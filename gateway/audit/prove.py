@@ -25,7 +25,6 @@ from gateway.audit import inputs, merkle, note
 from gateway.audit.chain_tree import CHAIN_ID, default_origin
 
 
-
 class ProveUsage(ValueError):
     """Bad input: the arguments, files or notes given (exit 2)."""
 

@@ -184,3 +184,16 @@ def test_a_seq_duplicated_with_other_content_is_a_conflict(
     assert done.returncode == 1
     assert line_of(fleet, done.stdout, fleet[0]).endswith(
         f"conflicting records at seq {original['seq']}")
+
+
+def test_prove_reads_the_shipped_container_logs(fleet: list[Pod], tmp_path: Path) -> None:
+    ship(fleet, tmp_path / "shipped")
+    pod = fleet[1]
+    done = cli("audit", "prove", tmp_path / "shipped", "--chain", pod.chain, "--seq", "5")
+    assert done.returncode == 0, done.stderr
+    proof = json.loads(done.stdout)
+    assert proof["record"].encode() + b"\n" == pod.lines[4]
+    checked_file = tmp_path / "proof.json"
+    checked_file.write_text(done.stdout)
+    checked = cli("audit", "check-proof", checked_file, "--public-key", pod.vkey)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
