@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--s3", action="store_true")
+    parser.add_argument("--none", action="store_true",
+                        help="no archive: the same load, for the gateway's RSS without it")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="archive-lag-"))
     env: dict[str, str] = {}
@@ -64,6 +66,8 @@ def main() -> None:
         archive = "s3://bench-audit/fleet"
     else:
         archive = f"file://{work}/archive"
+    if args.none:
+        archive = None  # type: ignore[assignment]
     try:
         with procs.standin_process(args.seconds + 120) as standin, procs.gateway_process(
                 work / "gw", standin.base_url, fsync=True, transport="native", everything=True,
@@ -94,8 +98,13 @@ def main() -> None:
             final = procs.scrape(metrics_port)
             uploads = {k: v for k, v in final.items() if "archive_uploads_total" in k}
             worker = next(iter(_children(gateway.process.pid)), None)
-            print(f"archive {archive.split(':')[0]}, {args.connections} connections, "
-                  f"{args.seconds:.0f} s: {result.rps():.0f} req/s")
+            if archive is not None:
+                print(f"archive {archive.split(':')[0]}, {args.connections} connections, "
+                      f"{args.seconds:.0f} s: {result.rps:.0f} req/s")
+            if archive is None:
+                print(f"no archive, {args.connections} connections: {result.rps:.0f} req/s; "
+                      f"RSS after load: gateway {procs.rss_mib(gateway.process.pid):.1f} MiB")
+                return
             print(f"lag under load: max {max(samples):.0f} records, mean "
                   f"{sum(samples) / len(samples):.0f} ({len(samples)} samples)")
             print(f"after the load: below one checkpoint interval (1000) in {caught_up:.2f} s; "
