@@ -86,7 +86,7 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def gateway_process(
     folder: Path, upstream_url: str, *, fsync: bool, transport: str,
     prefix: list[str] | None = None, scope: list[str] | None = None, lookup_cache: int = 10_000,
-    everything: bool = False,
+    everything: bool = False, archive: str | None = None, env: dict[str, str] | None = None,
 ) -> Iterator[RunningGateway]:
     """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit.
 
@@ -104,6 +104,8 @@ def gateway_process(
                                "scope": scope or ["*"], "rate_limit": 1e9, "burst": 10**9,
                                "max_in_flight": 32}
     audit: dict[str, object] = {"fsync": fsync, "denied_per_second": 20}
+    if archive is not None:
+        audit["archive"] = archive
     server: dict[str, object] = {"header_timeout": 5.0, "keepalive_timeout": 5.0}
     issuers: list[dict[str, object]] | None = None
     if everything:
@@ -126,9 +128,10 @@ def gateway_process(
     if prefix:
         gateway = _start_with_prefix(config, port, prefix)
     else:
-        gateway = start_gateway(config, port=port)
+        gateway = start_gateway(config, port=port, env=env)
     # From exec to /readyz 200 (token loaded, audit log open), polled every 10 ms.
     gateway.ready_seconds = _wait_ready(gateway.port, started)  # type: ignore[attr-defined]
+    gateway.metrics_port = server.get("metrics_port")  # type: ignore[attr-defined]
     try:
         yield gateway
     finally:

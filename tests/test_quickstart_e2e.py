@@ -50,5 +50,5 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     statuses = re.findall(r"HTTP/1\.1 (\d{3}) ", out)
     assert statuses == ["202", "412"]
     # audit.chain and audit.opened begin the log, then two cancels' attempt and result
-    assert re.search(r"ok: 6 records, head [0-9a-f]{64}", out)
+    assert re.search(r"\): ok: 6 records, seq 1\.\.6, head [0-9a-f]{64}", out)
     assert seconds < 60

@@ -15,16 +15,14 @@ The output is JSON (see `gateway.audit.proof_check` for what a checker does with
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit import checkpoint as cp
-from gateway.audit import merkle, note
+from gateway.audit import inputs, merkle, note
 from gateway.audit.chain_tree import CHAIN_ID, default_origin
-
-_MAX_LINE_BYTES = 16 * 1024 * 1024
-_READ_BUFFER = 1024 * 1024
 
 
 class ProveUsage(ValueError):
@@ -87,17 +85,21 @@ def read_note_file(path: str) -> SignedCheckpoint:
 
 
 def _lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
-    for path in paths:
+    """The record lines of the inputs: files, folders, `-`, archive URLs, CRI logs."""
+    try:
+        items = inputs.expand(paths, stdin=sys.stdin.buffer)
+    except inputs.InputError as exc:
+        raise ProveUsage(str(exc)) from None
+    for item in items:
+        if item.note:
+            continue  # an archive's checkpoint object: the chain's records carry the same
         try:
-            handle = open(path, "rb", buffering=_READ_BUFFER)
+            with item.open() as handle:
+                for lineno, raw in inputs.records(handle):
+                    if raw.endswith(b"\n"):  # a torn last line is no record
+                        yield item.name, lineno, raw[:-1]
         except OSError as exc:
-            raise ProveUsage(f"{path}: can't read ({exc.strerror})") from None
-        with handle:
-            lineno = 0
-            while raw := handle.readline(_MAX_LINE_BYTES + 1):
-                lineno += 1
-                if raw.endswith(b"\n"):  # a torn last line is no record
-                    yield path, lineno, raw[:-1]
+            raise ProveUsage(f"{item.name}: can't read ({exc.strerror or exc})") from None
 
 
 def collect(

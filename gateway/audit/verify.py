@@ -605,14 +605,26 @@ def _anchor(path: str, verifiers: Sequence[note.Verifier]) -> tree_check.Anchor:
             raw = handle.read(65537)
     except OSError as exc:
         raise ValueError(f"{path}: can't read ({exc.strerror})") from None
+    return anchor_from_note(path, raw[:65536], verifiers)
+
+
+def anchor_from_note(name: str, raw: bytes, verifiers: Sequence[note.Verifier]
+                     ) -> tree_check.Anchor:
+    """A signed checkpoint (a file given, an archive's checkpoint object) that must verify
+    with one of `verifiers`; ValueError naming `name` if it does not."""
     try:
-        opened = note.open_note(raw[:65536], verifiers)
+        opened = note.open_note(raw, verifiers)
         point = audit_checkpoint.parse(opened.text)
     except note.UnverifiedNote:
-        raise ValueError(f"{path}: not signed by any --public-key given") from None
+        raise ValueError(f"{name}: not signed by any --public-key given") from None
     except (note.NoteError, audit_checkpoint.CheckpointError) as exc:
-        raise ValueError(f"{path}: not a signed checkpoint that verifies ({exc})") from None
-    return tree_check.Anchor(path, point, ", ".join(dict.fromkeys(s.name for s in opened.sigs)))
+        raise ValueError(f"{name}: not a signed checkpoint that verifies ({exc})") from None
+    return tree_check.Anchor(name, point, ", ".join(dict.fromkeys(s.name for s in opened.sigs)))
+
+
+def is_seq_hash(text: str) -> bool:
+    """Whether a `--checkpoint` value is SEQ:HASH (else it names a signed checkpoint file)."""
+    return bool(_SEQ_HASH.fullmatch(text)) or not os.path.isfile(text)
 
 
 def _report(result: VerifyOk, out: TextIO, err: TextIO) -> None:

@@ -41,6 +41,7 @@ import structlog
 from gateway import __version__
 from gateway.audit import chain as audit_chain
 from gateway.audit.availability import Availability
+from gateway.audit.committed import ArchiveHooks, Committed
 from gateway.audit.files import LogFile
 from gateway.audit.head import ChainHead, checkpoint_body
 from gateway.audit.mac import MacKey
@@ -105,15 +106,18 @@ class AuditLog:
         stdout: IO[bytes] | None = None,
         on_failure: Callable[[], None] | None = None,
         on_stdout_drop: Callable[[int], None] | None = None,
+        archive: ArchiveHooks | None = None,
     ) -> None:
         self.config = config
         self.path = config.path
         self._mac = MacKey(mac_key, token)
-        self._mirror = mirror_for(stdout, enabled=config.stdout, on_drop=on_stdout_drop)
         self._state = Availability(on_failure)
         self._file = LogFile(config.path, fsync=config.fsync, max_bytes=config.max_bytes,
                              on_rotate=self._rotated)
-        self._retention = Retention(config.path, config.keep_files)
+        self._retention = Retention(config.path, config.keep_files,
+                                    archive.covers if archive is not None else None)
+        self._committed = Committed(mirror_for(stdout, enabled=config.stdout,
+                                               on_drop=on_stdout_drop), self._retention, archive)
         self.keeper = ChainKeeper.for_config(config, __version__, signing_key, token)
         self._head = ChainHead(config.checkpoint_every, self.keeper)
         self._queue: list[Waiter] = []
@@ -180,8 +184,8 @@ class AuditLog:
         if self._file.fd is not None:
             self.keeper.save(self._head.seq, self._head.head)  # the next start reads nothing
         self._file.close()
-        if self._mirror is not None:
-            self._mirror.close()
+        if self._committed.mirror is not None:
+            self._committed.mirror.close()
 
     async def drain(self) -> None:
         """Write what is queued now, instead of at the end of this turn of the event loop."""
@@ -299,14 +303,9 @@ class AuditLog:
             settle(batch, ok=True, retained=self._retained)
             self.keeper.committed(sealed, self._head.seq, self._head.head)
             try:
-                self._after_commit(data, sealed)
+                self._committed(data, sealed, synced=sync or not self.config.fsync)
             except Exception:  # a broken stdout or log must not wedge the writer
                 log.exception("audit.mirror_failed")
-
-    def _after_commit(self, data: bytes, sealed: list[dict[str, Any]]) -> None:
-        if self._mirror is not None:
-            self._mirror.write(data, len(sealed))
-        announce(sealed, self._retention)
 
     async def _checkpoint_every_interval(self) -> None:
         while True:
@@ -317,13 +316,17 @@ class AuditLog:
 
     # -- the file -----------------------------------------------------------------------------
 
+    def plan_retention(self) -> None:
+        """At a rotation, and when the archive moves: the deletions `audit.keep_files` asks."""
+        for body in self._retention.plan() if self._file.fd is not None else ():
+            self.write_later(body)
+            self._durable_pending += 1
+
     def _rotated(self, rotated_to: str) -> None:
         """After a rotation: queue the `audit.deleted` records `audit.keep_files` calls for,
         and a checkpoint (signed, with a key) over every record up to the rotation."""
         log.info("audit.rotated", rotated_to=rotated_to, seq=self._head.seq)
-        for body in self._retention.plan():
-            self._queue.append((body, None))
-            self._durable_pending += 1
+        self.plan_retention()
         if self._head.seq:
             self._queue.append((checkpoint_body(), None))
 
@@ -368,20 +371,6 @@ def open_chain(
     if file.size:
         file.rotate()
     return [keeper.begin(plan.previous, ts)], [keeper.opened(ts)]
-
-
-def announce(sealed: list[dict[str, Any]], retention: Retention) -> None:
-    """After a batch is written: deletions it records, checkpoints to the operational log."""
-    for record in sealed:
-        if record["event"] == "audit.deleted":
-            retention.delete(record)
-        elif record["event"] == "audit.checkpoint":
-            log.info(
-                "audit.checkpoint", seq=record["seq"], hash=record["hash"],
-                head_seq=record["head_seq"], head_hash=record["head_hash"],
-                chain=record["chain"], tree_size=record["tree_size"], root=record["root"],
-                note=record.get("note"),
-            )
 
 
 def settle(batch: list[Waiter], *, ok: bool, retained: list[dict[str, Any]]) -> None:

@@ -9,6 +9,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any, TextIO
 
+from gateway.cli import audit_fleet
+
 if TYPE_CHECKING:  # cryptography is loaded by the verbs that sign or verify, not at start-up
     from gateway.audit import note
 
@@ -20,7 +22,8 @@ def add_parser(commands: Any) -> None:
     audit = commands.add_parser("audit", help="audit log tools")
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
-    verify = actions.add_parser("verify", help="verify a log, or a rotated set given oldest first")
+    verify = actions.add_parser(
+        "verify", help="verify logs of any number of chains: files, folders, -, archive URLs")
     verify.add_argument("paths", nargs="+", metavar="PATH")
     verify.add_argument("--hmac-key-file", action="append", default=[],
                         help="the auditors' HMAC key (repeat for a rotated key)")
@@ -30,6 +33,7 @@ def add_parser(commands: Any) -> None:
     verify.add_argument("--checkpoint", action="append", default=[],
                         metavar="SEQ:HASH|NOTE_FILE",
                         help="a checkpoint kept elsewhere that the log must contain")
+    audit_fleet.add_verify_options(verify)
     verify.add_argument("--allow-partial", action="store_true",
                         help="accept a chain that starts after seq 1 (older files not given)")
 
@@ -50,6 +54,8 @@ def add_parser(commands: Any) -> None:
                        help="prove against this signed checkpoint (default: the newest one of "
                        "the chain that covers it)")
 
+    audit_fleet.add_query_parser(actions)
+
     check = actions.add_parser("check-proof", help="check a proof from `audit prove`")
     check.add_argument("file", metavar="FILE")
     check.add_argument("--public-key", action="append", required=True, metavar="VKEY",
@@ -59,10 +65,9 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     action = args.audit_command
     if action == "verify":
-        from gateway.audit import verify as audit_verify
-
-        return audit_verify.run(args.paths, args.hmac_key_file, args.checkpoint,
-                                args.allow_partial, out, err, public_keys=args.public_key)
+        return audit_fleet.run_verify(args)
+    if action == "query":
+        return audit_fleet.run_query(args)
     if action == "keygen":
         return _keygen(args.name, args.out, out, err)
     if action == "prove":

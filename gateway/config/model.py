@@ -55,6 +55,7 @@ class AuditConfig:
     origin: str | None = None  # the checkpoints' origin line; None: chroma-sync-gateway/<chain>
     instance: str | None = None  # names the writer in audit.chain/opened; None: the host name
     checkpoint_file: str | None = None  # the newest signed checkpoint, atomically replaced
+    archive: str | None = None  # file:///PATH or s3://BUCKET/PREFIX: segments cut at checkpoints
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from gateway.config.model import (
 )
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ARCHIVE_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class SectionParser(Checks):
@@ -181,6 +182,7 @@ class SectionParser(Checks):
             "path", "fsync", "hmac_key_file", "checkpoint_every", "checkpoint_seconds",
             "stdout", "max_bytes", "keep_files", "record_context", "denied_per_second",
             "signing_key_file", "origin", "instance", "checkpoint_file",
+            "archive",
         }
         t = self.table(data, "audit", allowed)
         if "path" not in t:
@@ -216,7 +218,22 @@ class SectionParser(Checks):
             origin=self.get(t, "audit", "origin", self.one_line_name, None),
             instance=self.get(t, "audit", "instance", self.one_line_name, None),
             checkpoint_file=self.get(t, "audit", "checkpoint_file", self.string, None),
+            archive=self.get(t, "audit", "archive", self.archive_url, None),
         )
+
+    def archive_url(self, key: str, value: object) -> str:
+        text = self.string(key, value)
+        url = urllib.parse.urlsplit(text)
+        if url.scheme == "file" and not url.netloc and url.path.startswith("/") and \
+                url.path.strip("/") and not (url.query or url.fragment):
+            return text
+        if url.scheme == "s3" and ARCHIVE_BUCKET_RE.fullmatch(url.netloc) and \
+                not (url.query or url.fragment) and ".." not in url.path.split("/"):
+            if importlib.util.find_spec("obstore") is None:
+                raise self.fail(key, "is an s3:// URL, which needs the s3 extra: pip install "
+                                "'chroma-sync-gateway[s3]'")
+            return text
+        raise self.fail(key, f"must be file:///PATH or s3://BUCKET/PREFIX, got {shown(value)}")
 
     def one_line_name(self, key: str, value: object) -> str:
         """A checkpoint origin or an instance name: 1 to 255 characters, no space or control

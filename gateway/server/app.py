@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from gateway import __version__
 from gateway.access.policy import Policy, build_policy
 from gateway.asgi import Receive, Scope, Send
+from gateway.audit.archive.archiver import Archiver
 from gateway.audit.suppression import DeniedSuppression
 from gateway.audit.writer import AuditLog
 from gateway.cancel.pipeline import CancelPipeline
@@ -71,6 +72,7 @@ class Gateway:
     ) -> None:
         self.token = token
         self.audit = audit
+        self.archiver: Archiver | None = None  # with `audit.archive`: set by from_config
         self.upstream = upstream
         self.metrics = metrics
         breaker = CircuitBreaker(
@@ -131,10 +133,18 @@ class Gateway:
             from gateway.audit.signing import SigningKeySource  # loads cryptography
 
             signing_key = SigningKeySource(config.audit.signing_key_file)
+        archiver = None
+        if config.audit.archive is not None:
+            archiver = Archiver(config.audit.archive, config.audit.path,
+                                on_upload=lambda result: uploads.labels(result).inc(),
+                                on_progress=lambda: written.plan_retention())
+            uploads = metrics.archive(archiver.lag)
         if audit is None:
             audit = AuditLog(config.audit, mac_key=mac_key, token=token, signing_key=signing_key,
                              on_failure=metrics.audit_failures.inc,
-                             on_stdout_drop=metrics.audit_stdout_dropped.inc)
+                             on_stdout_drop=metrics.audit_stdout_dropped.inc,
+                             archive=archiver)
+        written = audit
         logs.count_dropped_lines(metrics.log_lines_dropped.inc)
         gateway = cls(
             config,
@@ -146,6 +156,7 @@ class Gateway:
             secrets=(token, *(s for s in (mac_key, signing_key) if s is not None)),
             traces=traces_for(config),
         )
+        gateway.archiver = archiver
         for issuer in gateway.policy.issuers:  # each JWKS, re-read when it changes
             gateway.watcher.add(issuer.file, issuer.adopt)
         return gateway
@@ -166,6 +177,8 @@ class Gateway:
             self._report_secret(source, initial=True)
         self._update_gauges()
         await self.audit.start()
+        if self.archiver is not None:
+            self.archiver.start()  # its own process: never waited for, never in readiness
         self.reloader.start()
         self._watcher = asyncio.get_running_loop().create_task(self.watcher.run())
         self._sweep_denied()
@@ -185,6 +198,8 @@ class Gateway:
             self._sweeper.cancel()
         self.pipeline.denied.sweep(everything=True)
         await self.audit.close()
+        if self.archiver is not None:
+            await self.archiver.close()  # after the last checkpoint: it is put if it can be
         await self.upstream.aclose()
         # Last: the spans of the cancels that just finished are sent too.
         await asyncio.to_thread(self.pipeline.traces.shutdown)

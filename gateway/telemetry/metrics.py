@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -97,6 +99,25 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)  # both series exist from the start
+        # Only with `audit.archive` set (the gateway registers them then).
+        self.archive_uploads: Counter | None = None
+        self.archive_lag: Gauge | None = None
+
+    def archive(self, lag: Callable[[], float]) -> Counter:
+        """The archive's metrics: uploads by result, and the records not archived yet."""
+        self.archive_uploads = Counter(
+            "chroma_sync_gateway_audit_archive_uploads",
+            "Objects put into the audit archive, by result (success, failure, conflict).",
+            ["result"], registry=self.registry,
+        )
+        for result in ("success", "failure", "conflict"):
+            self.archive_uploads.labels(result)
+        self.archive_lag = Gauge(
+            "chroma_sync_gateway_audit_archive_lag_records",
+            "Audit records written and not archived yet.", registry=self.registry,
+        )
+        self.archive_lag.set_function(lag)
+        return self.archive_uploads
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

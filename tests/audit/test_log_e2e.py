@@ -48,7 +48,9 @@ def verify_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def assert_verify_ok(*args: str | Path, records: int | None = None) -> str:
     result = verify_cli(*args)
     assert result.returncode == 0, result.stdout + result.stderr
-    match = re.fullmatch(r"ok: (\d+) records, head ([0-9a-f]{64})\n", result.stdout)
+    # One line per chain (0.3): `chain <id> (<instance>): ok: N records, seq A..B, head H`.
+    match = re.fullmatch(r"chain [0-9a-f]{32} \([^)]*\): ok: (\d+) records, seq \d+\.\.\d+, "
+                         r"head ([0-9a-f]{64})(?:, signed at .*)?\n", result.stdout)
     assert match, result.stdout
     if records is not None:
         assert int(match.group(1)) == records

@@ -240,7 +240,7 @@ def test_a_fork_cannot_be_proved_consistent(
         (["audit", "prove", "{log}", "--chain", "{chain}", "--seq", "0"], "1 or more"),
         (["audit", "prove", "{log}", "--chain", "{chain}", "--seq", "9999"], "is not in the files"),
         (["audit", "prove", "{log}", "--chain", "0" * 32, "--seq", "1"], "no record of chain"),
-        (["audit", "prove", "{missing}", "--chain", "{chain}", "--seq", "1"], "can't read"),
+        (["audit", "prove", "{missing}", "--chain", "{chain}", "--seq", "1"], "no such file"),
         (["audit", "prove", "{log}", "--consistency", "{garbage}"], "not a signed checkpoint"),
         (["audit", "prove", "{log}", "--consistency", "{missing}"], "can't read"),
         (["audit", "prove", "{log}", "--chain", "{chain}", "--seq", "1", "--consistency",

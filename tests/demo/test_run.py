@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -162,7 +163,7 @@ def test_demo_curl_cancels_once_then_412_and_audit_verifies_and_sigterm_cleans_u
         env={"PATH": "/usr/bin:/bin"},
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith("ok: 7 records")
+    assert re.match(r"chain [0-9a-f]{32} \([^)]*\): ok: 7 records", verify.stdout)
     records = [json.loads(line) for line in audit_path.read_text().splitlines()]
     results = [r for r in records if r["event"] == "cancel.result"]
     assert [r["outcome"] for r in results] == ["cancelled", "not_cancelable", "forbidden"]

@@ -36,6 +36,7 @@ def touch_everything(metrics: Metrics) -> None:
     metrics.token_available.set(1)
     metrics.token_rotations.inc()
     metrics.key_requests.labels("billing", "0123456789ab").inc()
+    metrics.archive(lambda: 3).labels("success").inc()  # with audit.archive set
 
 
 def documented_metrics() -> dict[str, set[str]]:

@@ -1,0 +1,144 @@
+"""`chroma-sync-gateway audit query`: who cancelled what, from verified audit records.
+
+One row per `cancel.result` record that matches every filter given, oldest first (by `ts`,
+then chain and seq), with the columns `COLUMNS`. The filters compare the result record's own
+fields; `--since` is inclusive and `--until` exclusive, both RFC 3339. The caller feeds it the
+records that verified (`Query.add` per record); rows are written only when everything did.
+
+Formats: `jsonl` (one JSON object per row with exactly the columns), `csv` (a header line,
+then RFC 4180 rows: CRLF line ends, fields quoted when needed, null as an empty field) and
+`table` (aligned columns for a person; null as `-`, control characters escaped, long values
+cut).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+COLUMNS = ("ts", "chain", "seq", "team", "key_id", "invocation_id", "database", "collection",
+           "source_id", "outcome", "status", "error", "attempts", "batch_id", "request_id")
+FORMATS = ("table", "jsonl", "csv")
+RESULT_EVENT = "cancel.result"
+_TABLE_WIDTH = 64
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+Row = tuple[Any, ...]
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time (or a date: its midnight, UTC); ValueError names what is wrong."""
+    value = text.strip()
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{text!a} is not an RFC 3339 time (e.g. 2026-11-28T12:00:00Z)") from None
+    if parsed.tzinfo is None:
+        if "T" in value.upper() or " " in value:
+            raise ValueError(f"{text!a} has no time zone (add Z or an offset such as +01:00)")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _record_time(record: Mapping[str, Any]) -> datetime | None:
+    ts = record.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filters:
+    team: str | None = None
+    key_id: str | None = None
+    invocation: str | None = None
+    database: str | None = None
+    collection: str | None = None
+    source: str | None = None
+    outcomes: frozenset[str] = frozenset()
+    batch: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def match(self, record: Mapping[str, Any]) -> bool:
+        if record.get("event") != RESULT_EVENT:
+            return False
+        for name, wanted in (("team", self.team), ("key_id", self.key_id),
+                             ("database", self.database), ("collection", self.collection),
+                             ("batch_id", self.batch)):
+            if wanted is not None and record.get(name) != wanted:
+                return False
+        # Ids are compared as the gateway records them: lowercase (UUIDs in canonical form).
+        for name, wanted in (("invocation_id", self.invocation), ("source_id", self.source)):
+            value = record.get(name)
+            if wanted is not None and (not isinstance(value, str)
+                                       or value.lower() != wanted.strip().lower()):
+                return False
+        if self.outcomes and record.get("outcome") not in self.outcomes:
+            return False
+        if self.since is not None or self.until is not None:
+            ts = _record_time(record)
+            if ts is None:
+                return False
+            if self.since is not None and ts < self.since:
+                return False
+            if self.until is not None and ts >= self.until:
+                return False
+        return True
+
+
+@dataclass
+class Query:
+    filters: Filters
+    rows: list[tuple[datetime, str, int, Row]] = field(default_factory=list)
+
+    def add(self, record: Mapping[str, Any], chain: str) -> None:
+        """One verified record of `chain` (its id, or the file's name for an old log)."""
+        if not self.filters.match(record):
+            return
+        row = tuple(chain if name == "chain" else record.get(name) for name in COLUMNS)
+        seq = record.get("seq")
+        self.rows.append((_record_time(record) or _NEVER, chain,
+                          seq if isinstance(seq, int) else 0, row))
+
+    def sorted_rows(self) -> list[Row]:
+        return [row for *_, row in sorted(self.rows, key=lambda item: item[:3])]
+
+
+def write(rows: Sequence[Row], fmt: str, out: TextIO) -> None:
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(dict(zip(COLUMNS, row, strict=True))) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    elif fmt == "table":
+        _table(rows, out)
+    else:
+        raise ValueError(f"unknown format {fmt!a} (one of {', '.join(FORMATS)})")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value)
+    # Attacker-chosen text must not drive the reader's terminal.
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return shown if len(shown) <= _TABLE_WIDTH else shown[: _TABLE_WIDTH - 3] + "..."
+
+
+def _table(rows: Iterable[Row], out: TextIO) -> None:
+    cells = [list(COLUMNS)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    for line in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                  + "\n")
