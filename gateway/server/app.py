@@ -232,7 +232,10 @@ class Gateway:
     def _update_gauges(self) -> None:
         self.metrics.token_available.set(1 if self.token.available else 0)
         self.metrics.audit_ready.set(1 if self.audit.ready else 0)
-        self.metrics.audit_signing_key.set(1 if self.audit.keeper.signer() is not None else 0)
+        # 0 only for a configured key that can't be used, so that one alert fits every gateway.
+        unusable = (self.config.audit.signing_key_file is not None
+                    and self.audit.keeper.signer() is None)
+        self.metrics.audit_signing_key.set(0 if unusable else 1)
         self.metrics.audit_records.set(self.audit.records_written)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

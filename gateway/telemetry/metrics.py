@@ -70,8 +70,8 @@ class Metrics:
         )
         self.audit_signing_key = Gauge(
             "chroma_sync_gateway_audit_signing_key_available",
-            "1 when the audit signing key (audit.signing_key_file) is loaded and usable; 0 when "
-            "it is missing, malformed or holds the upstream token, or none is configured.",
+            "0 when the configured audit signing key (audit.signing_key_file) is missing, "
+            "malformed or holds the upstream token; 1 when it is usable or none is configured.",
             registry=r,
         )
         self.token_available = Gauge(

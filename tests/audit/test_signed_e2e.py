@@ -318,3 +318,11 @@ def test_start_up_resumes_a_long_chains_tree_within_a_second(tmp_path: Path) -> 
     assert last["tree_size"] == n + 1  # the tree went on: audit.opened, then this checkpoint
     tree.add(path.read_bytes().splitlines()[n])
     assert last["root"] == tree.tree.root().hex()
+
+
+def test_a_gateway_that_does_not_sign_reports_no_signing_key_problem(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # The alert on this gauge fires at 0: a gateway without signing must not trip it.
+    gateway = gateway_factory()
+    assert metric(gateway, "chroma_sync_gateway_audit_signing_key_available") == 1

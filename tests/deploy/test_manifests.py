@@ -83,8 +83,6 @@ SPEC_CONFIG_KEYS: dict[str, set[str]] = {
     "issuers": {"name", "issuer", "audience", "jwks_file"},
 }
 # 0.3 keys this tree's config loader may not know yet: left out when the rendered configs are
-# loaded by the real loader (SPEC_CONFIG_KEYS still checks their spelling).
-AUDIT_KEYS_OF_0_3 = ("signing_key_file", "archive", "checkpoint_file", "origin", "instance")
 
 Doc = dict[str, Any]
 
