@@ -12,13 +12,13 @@ answer); by other bytes, `Conflict`: nothing is written, and the caller reports 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import Iterator
 from typing import Literal, Protocol
 
 from gateway.audit.archive.location import ArchiveUrl
+from gateway.audit.files import fsync_dir
 
 Outcome = Literal["created", "already_there"]
 
@@ -84,7 +84,7 @@ class FileStore:
                 return False
             finally:
                 os.unlink(temp)
-            _fsync_folder(folder)
+            fsync_dir(path)  # the link and the unlink, durable
         except OSError as exc:
             raise StoreError(f"{name}: can't be written ({exc.strerror})") from None
         return True
@@ -117,11 +117,3 @@ class FileStore:
 def _raise(exc: OSError) -> None:
     raise StoreError(f"can't list ({exc.strerror})")
 
-
-def _fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
