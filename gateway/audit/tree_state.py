@@ -45,17 +45,8 @@ def save(audit_path: str, tree: ChainTree, seq: int, head: str, *, durable: bool
     """Replace the state file atomically (write, then rename). Raises OSError."""
     if tree.tree.size != seq:
         raise ValueError("the tree must cover exactly the records up to seq")
-    target = state_path(audit_path)
-    temporary = target + ".tmp"
     data = json.dumps({**tree.state(), "seq": seq, "hash": head}, separators=(",", ":"))
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data.encode("ascii"))
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, target)
+    write_atomically(state_path(audit_path), data, durable=durable, mode=0o600)
 
 
 def load(audit_path: str) -> Saved | None:
@@ -158,10 +149,10 @@ def remove(audit_path: str) -> None:
         os.unlink(state_path(audit_path))
 
 
-def write_atomically(path: str, text: str, *, durable: bool) -> None:
+def write_atomically(path: str, text: str, *, durable: bool, mode: int = 0o644) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new, never half."""
     temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, text.encode("utf-8"))
         if durable:

@@ -76,10 +76,7 @@ async def handle(
     slot: str | None = None  # the team whose running batches this one counts in
     policy = pipeline.policy  # its checks; each cancel re-reads the live one (`_run`)
     try:
-        principal = batch.principal = policy.authenticator.authenticate(headers)
-        exchange.team = principal.team
-        policy.key_used(principal)
-        policy.authorizer.authorize(principal)
+        principal = pipeline.identify(policy, headers, exchange, batch)
         check_content_type(headers)
         try:
             request = batch.request = parse_request(await read_body(headers, receive))

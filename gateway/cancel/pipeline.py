@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from typing import Protocol
 
 import structlog
 
+from gateway.access.auth import Principal
 from gateway.access.batches import BatchSlots
 from gateway.access.policy import Policy
 from gateway.asgi import (
@@ -60,6 +62,12 @@ _HEX = rb"[0-9a-fA-F]"
 UUID_RE = re.compile(_HEX + rb"{8}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX + rb"{4}-" + _HEX
                      + rb"{12}")
 MAX_BODY_BYTES = 1024
+
+
+class Identified(Protocol):
+    """What a caller's record is: a cancel's or a batch's, each naming its principal."""
+
+    principal: Principal | None
 
 
 class CancelPipeline:
@@ -113,10 +121,7 @@ class CancelPipeline:
         in_flight: str | None = None  # the team counted in flight, to release
         probe = False
         try:
-            principal = cancel.principal = policy.authenticator.authenticate(headers)
-            exchange.team = principal.team
-            policy.key_used(principal)
-            policy.authorizer.authorize(principal)
+            principal = self.identify(policy, headers, exchange, cancel)
             if not well_formed:
                 raise RequestRejected(
                     "invocation_id must be a UUID (8-4-4-4-12 hex digits)",
@@ -167,6 +172,17 @@ class CancelPipeline:
                 log.exception("cancel.answer_failed", request_id=cancel.request_id)
         exchange.error = error
         await self.finish(cancel, status=status, outcome=outcome, error=error)
+
+    def identify(self, policy: Policy, headers: list[tuple[bytes, bytes]],
+                 exchange: Exchange, record: Identified) -> Principal:
+        """Who calls (401 `unauthenticated`) and whether that team may cancel at all (403
+        `forbidden`); the key's use is counted. `record` names the caller before the
+        authorization, so that a refused team's record still says who it was."""
+        principal = record.principal = policy.authenticator.authenticate(headers)
+        exchange.team = principal.team
+        policy.key_used(principal)
+        policy.authorizer.authorize(principal)
+        return principal
 
     def check_rate(self, policy: Policy, team: str) -> None:
         """The team's rate limit: 429 `rate_limited` with `Retry-After` when over it."""
