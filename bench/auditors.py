@@ -1,0 +1,145 @@
+"""The auditors' tools on one big chain, each next to `sha256sum` of the same file.
+
+    python -m bench.auditors [--records 1000000] [--folder DIR] [--json PATH]
+
+Writes (once per folder) one chain the way the gateway's writer seals it (`ChainHead` with a
+`ChainKeeper`): `--records` cancel results with MACs and a signed checkpoint every 1,000, then
+times each tool as its own process, one core, the file in the page cache:
+
+- `sha256sum` of the file: the reference (reading and hashing the bytes once);
+- `audit verify` with the HMAC key and the public key: every check;
+- `audit query --team ... --format csv`;
+- `audit prove` of a record in the middle, from the file alone and from a proof index.
+
+It prints seconds, the ratio to `sha256sum`, and peak RSS for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.audit.head import ChainHead
+from gateway.audit.signed_chain import ChainKeeper
+from gateway.audit.signing import SigningKeySource, write_new_key
+
+MAC_KEY = b"bench-auditors-hmac-key-0123456789abcdef"
+CHECKPOINT_EVERY = 1000
+
+
+def cancel_body(n: int, team: str) -> dict[str, object]:
+    ts = (f"2026-11-28T{12 + n // 3_600_000:02d}:{n // 60_000 % 60:02d}:"
+          f"{n // 1000 % 60:02d}.{n % 1000:03d}Z")
+    return {"ts": ts, "event": "cancel.result", "request_id": f"req-{n:012d}",
+            "invocation_id": f"{n:08x}-0000-4000-8000-{n:012x}", "team": team,
+            "key_id": "0123456789ab", "client": "10.0.0.7", "outcome": "cancelled",
+            "status": 200, "upstream_status": 200, "error": None, "duration_ms": 1.234,
+            "database": "db", "collection": "coll", "source_id": None, "attempts": 1,
+            "reconciled": False}
+
+
+def write_chain(folder: Path, records: int) -> Path:
+    """`folder/audit.jsonl`: one chain of about `records` records, sealed by the writer's code."""
+    key_file = folder / "signing.key"
+    write_new_key(str(key_file), "audit.bench.example")
+    (folder / "hmac.key").write_bytes(MAC_KEY)
+    source = SigningKeySource(str(key_file))
+    source.refresh()
+    path = folder / "audit.jsonl"
+    keeper = ChainKeeper(str(path), version="bench", instance="bench-pod", signing_key=source)
+    head = ChainHead(CHECKPOINT_EVERY, keeper)
+    teams = ("billing", "search", "ingest", "ops")
+    with open(path, "wb", buffering=1 << 20) as out:
+        opening = [keeper.begin(None, "2026-11-28T12:00:00.000Z"),
+                   keeper.opened("2026-11-28T12:00:00.000Z")]
+        out.write(head.seal_batch(opening, MAC_KEY)[0])
+        batch: list[dict[str, object]] = []
+        n = 2
+        while n < records:
+            batch.append(cancel_body(n, teams[n % 4]))
+            n += 1
+            if len(batch) == 64 or n >= records:
+                out.write(head.seal_batch(batch, MAC_KEY)[0])
+                batch = []
+    return path
+
+
+def timed(argv: list[str]) -> tuple[float, float, int, str]:
+    """Wall seconds, peak RSS (MiB), exit status and stdout's last line of one child."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        printed = out.read().decode(errors="replace").strip().splitlines()
+        if code != 0:
+            print(err.read().decode(errors="replace")[-500:], file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, code, printed[-1] if printed else ""
+
+
+def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
+    path = folder / "audit.jsonl"
+    if not path.exists() or not (folder / "records").exists() or \
+            (folder / "records").read_text() != str(records):
+        started = time.perf_counter()
+        write_chain(folder, records)
+        (folder / "records").write_text(str(records))
+        print(f"wrote {records} records in {time.perf_counter() - started:.1f} s")
+    size = path.stat().st_size
+    print(f"one chain, {records} records, {size / 2**20:.0f} MiB (MACs, a signed checkpoint "
+          f"every {CHECKPOINT_EVERY}), in the page cache")
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+    from gateway.audit.signing import load_signer
+    public = load_signer(str(folder / "signing.key")).verifier.encoded
+    gateway = [sys.executable, "-m", "gateway", "audit"]
+    middle = str(records // 2)
+    with open(path, "rb") as handle:
+        chain = json.loads(handle.readline())["chain"]
+    runs: dict[str, list[str]] = {
+        "sha256sum (reference)": ["sha256sum", str(path)],
+        "audit verify (MACs, notes)": [*gateway, "verify", str(path), "--hmac-key-file",
+                                       str(folder / "hmac.key"), "--public-key", public],
+        "audit query --team --format csv": [*gateway, "query", str(path), "--team", "search",
+                                            "--format", "csv", "--hmac-key-file",
+                                            str(folder / "hmac.key"), "--public-key", public],
+        "audit prove SEQ (from the file)": [*gateway, "prove", str(path), "--chain", chain,
+                                            "--seq", middle],
+    }
+    results: dict[str, dict[str, float]] = {}
+    reference = None
+    for name, argv in runs.items():
+        wall, peak, code, _ = timed(argv)
+        reference = reference or wall
+        results[name] = {"seconds": round(wall, 3), "ratio": round(wall / reference, 2),
+                         "peak_rss_mib": round(peak, 1), "exit": code}
+        print(f"{name:36s} {wall:7.2f} s  {wall / reference:5.2f}x  peak RSS {peak:5.0f} MiB"
+              f"{'' if code == 0 else f'  (exit {code})'}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.auditors")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--folder")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="bench-auditors-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    results = run(folder, args.records)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    os.sync()
+    return 1 if any(r["exit"] for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
