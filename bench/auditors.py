@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,19 +72,19 @@ def write_chain(folder: Path, records: int) -> Path:
 
 
 def timed(argv: list[str]) -> tuple[float, float, int, str]:
-    """Wall seconds, peak RSS (MiB), exit status and stdout's last line of one child."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=out, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        child.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        printed = out.read().decode(errors="replace").strip().splitlines()
-        if code != 0:
-            print(err.read().decode(errors="replace")[-500:], file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, code, printed[-1] if printed else ""
+    """Wall seconds, peak RSS (MiB, from GNU time if installed), exit status and stdout's last
+    line of one child. (A child's own rusage would count the parent it was forked from.)"""
+    gnu_time = shutil.which("time", path="/usr/bin")
+    started = time.perf_counter()
+    done = subprocess.run([gnu_time, "-f", "%M", *argv] if gnu_time else argv,
+                          capture_output=True)
+    wall = time.perf_counter() - started
+    err = done.stderr.decode(errors="replace").strip().splitlines()
+    peak = int(err.pop()) / 1024 if gnu_time and err and err[-1].isdigit() else float("nan")
+    if done.returncode != 0:
+        print("\n".join(err[-5:]), file=sys.stderr)
+    printed = done.stdout.decode(errors="replace").strip().splitlines()
+    return wall, peak, done.returncode, printed[-1] if printed else ""
 
 
 def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
