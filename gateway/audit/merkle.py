@@ -87,6 +87,19 @@ class Tree:
         peaks.append(node)
         self._size += 1
 
+    def extend_hashes(self, leaves: Iterable[bytes]) -> None:
+        """`append_hash` for each leaf, in one loop (a verifier adds a million)."""
+        peaks, sha256, prefix = self._peaks, hashlib.sha256, _NODE_PREFIX
+        size = self._size
+        for node in leaves:
+            carry = size
+            while carry & 1:
+                node = sha256(prefix + peaks.pop() + node).digest()
+                carry >>= 1
+            peaks.append(node)
+            size += 1
+        self._size = size
+
     def root(self) -> bytes:
         """The root of the tree of every leaf appended so far."""
         peaks = self._peaks

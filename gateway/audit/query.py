@@ -68,6 +68,15 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
 
+    def needles(self) -> tuple[bytes, ...]:
+        """Bytes every matching record's line holds: the event, and each exact-match filter as
+        its canonical member (`"team":"billing"`), so most lines are passed over unparsed."""
+        wanted = [("event", RESULT_EVENT), ("team", self.team), ("key_id", self.key_id),
+                  ("database", self.database), ("collection", self.collection),
+                  ("batch_id", self.batch)]
+        return tuple(json.dumps({name: value}, ensure_ascii=False, separators=(",", ":"))
+                     [1:-1].encode() for name, value in wanted if value is not None)
+
     def match(self, record: Mapping[str, Any]) -> bool:
         if record.get("event") != RESULT_EVENT:
             return False

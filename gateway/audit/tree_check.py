@@ -131,6 +131,19 @@ class TreeCheck:
             self._remember_root()
         return reason
 
+    def plain(self, leaves: Sequence[bytes]) -> None:
+        """What `record` does for records of this chain that are neither `audit.chain` nor
+        `audit.checkpoint`, by their leaf hashes, once `record` has seen the chain's first."""
+        tree = self._tree
+        if tree is None:
+            return
+        if not self._anchor_sizes:
+            tree.extend_hashes(leaves)
+            return
+        for leaf in leaves:
+            tree.append_hash(leaf)
+            self._remember_root()
+
     def _remember_root(self) -> None:
         assert self._tree is not None
         size = self._tree.size
@@ -180,10 +193,11 @@ class TreeCheck:
         self.signed = (size, ", ".join(dict.fromkeys(s.name for s in opened.sigs)))
         return None
 
-    def finish(self, head_seq: int) -> str | None:
-        """After the last record: the anchors given must be trees of this chain."""
+    def finish(self, head_seq: int, anchors: Sequence[Anchor] | None = None) -> str | None:
+        """After the last record: the anchors given (`anchors`: those of them the caller chose
+        once the chain's origin was known) must be trees of this chain."""
         origin = self.origin or (default_origin(self.chain) if self.chain else None)
-        for anchor in self._anchors:
+        for anchor in self._anchors if anchors is None else anchors:
             point = anchor.checkpoint
             if origin is None:
                 return (f"signed checkpoint {anchor.name}: the records given have no chain (a "

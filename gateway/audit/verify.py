@@ -170,7 +170,7 @@ def _non_canonical_reason(content: bytes, canonical: bytes) -> str:
     )
 
 
-def _field_reason(record: Mapping[str, Any]) -> str | None:
+def field_reason(record: Mapping[str, Any]) -> str | None:
     """Step 2: required fields are present and of the right type."""
     for name in ("ts", "event", "seq", "prev", "hash"):
         if name not in record:
@@ -208,6 +208,27 @@ def _field_reason(record: Mapping[str, Any]) -> str | None:
                 "wrongly typed field 'head_hash' in an audit.checkpoint record: expected 64 "
                 "lowercase hex digits"
             )
+    return None
+
+
+def is_hex64(text: str) -> bool:
+    """Whether `text` is 64 lowercase hex digits (a hash, a MAC)."""
+    return bool(_HEX64.fullmatch(text))
+
+
+def checkpoint_head_reason(seq: int, prev: str, head_seq: object, head_hash: object
+                           ) -> str | None:
+    """Step 6 for an `audit.checkpoint` record: it names the record right before it."""
+    if head_seq != seq - 1:
+        return (
+            f"checkpoint record disagrees with its position: head_seq is {head_seq}, but "
+            f"the record before it is seq {seq - 1}"
+        )
+    if head_hash != prev:
+        return (
+            "checkpoint record disagrees with its position: head_hash is not its prev (the "
+            f"hash of seq {seq - 1})"
+        )
     return None
 
 
@@ -251,7 +272,7 @@ def _check_line(
     if encoded != content:
         return _non_canonical_reason(content, encoded)
 
-    reason = _field_reason(record) or tree_check.field_reason(record)
+    reason = field_reason(record) or tree_check.field_reason(record)
     if reason is not None:
         return reason
 
@@ -447,17 +468,7 @@ def _checkpoint_record_reason(cur: _Record) -> str | None:
     """Step 6: an `audit.checkpoint` record seals the record right before it."""
     if cur.event != _CHECKPOINT_EVENT:
         return None
-    if cur.head_seq != cur.seq - 1:
-        return (
-            f"checkpoint record disagrees with its position: head_seq is {cur.head_seq}, but "
-            f"the record before it is seq {cur.seq - 1}"
-        )
-    if cur.head_hash != cur.prev:
-        return (
-            "checkpoint record disagrees with its position: head_hash is not its prev (the "
-            f"hash of seq {cur.seq - 1})"
-        )
-    return None
+    return checkpoint_head_reason(cur.seq, cur.prev, cur.head_seq, cur.head_hash)
 
 
 def _suffix_anchor(first: _Record, wanted: Mapping[int, str]) -> tuple[int | None, str | None]:
@@ -480,7 +491,8 @@ def _suffix_anchor(first: _Record, wanted: Mapping[int, str]) -> tuple[int | Non
     return None, None
 
 
-def _checkpoint_map(checkpoints: Sequence[tuple[int, str]]) -> dict[int, str]:
+def checkpoint_map(checkpoints: Sequence[tuple[int, str]]) -> dict[int, str]:
+    """`--checkpoint SEQ:HASH` pairs by seq; ValueError for a malformed or contradicting one."""
     wanted: dict[int, str] = {}
     for seq, digest in checkpoints:
         digest = digest.lower()
@@ -514,7 +526,7 @@ def verify(
     """
     if not paths:
         raise ValueError("no audit log paths given")
-    wanted = _checkpoint_map(checkpoints)
+    wanted = checkpoint_map(checkpoints)
     keys = tuple(hmac_keys)
     lines = _Lines(paths, keys)
     tree = tree_check.TreeCheck(verifiers, anchors)
@@ -695,7 +707,7 @@ def run(
         except ValueError as exc:
             return usage(f"--checkpoint: {exc}")
     try:
-        _checkpoint_map(checkpoints)
+        checkpoint_map(checkpoints)
     except ValueError as exc:
         return usage(f"--checkpoint: {exc}")
     seen: dict[tuple[int, int], str] = {}

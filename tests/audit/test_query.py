@@ -8,7 +8,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.audit import chain as audit_chain
 from gateway.audit.query import COLUMNS, Filters, Query, parse_time, write
 
 CHAIN_A, CHAIN_B = "a" * 32, "b" * 32
@@ -110,3 +113,22 @@ def test_times_without_a_zone_are_refused_with_an_example() -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_time("yesterday")
     assert parse_time("2026-11-28").isoformat() == "2026-11-28T00:00:00+00:00"
+
+
+@given(team=st.text(max_size=12), key=st.text(max_size=12), batch=st.one_of(st.none(),
+       st.text(max_size=12)))
+def test_every_record_a_filter_matches_holds_its_needles_in_its_canonical_line(
+        team: str, key: str, batch: str | None) -> None:
+    record = {"event": "cancel.result", "team": team, "key_id": key, "batch_id": batch,
+              "seq": 1, "database": "db"}
+    filters = Filters(team=team, key_id=key, batch=batch, database="db")
+    try:
+        line = audit_chain.canonical(record)
+    except UnicodeEncodeError:
+        return
+    assert filters.match(record)
+    needles = filters.needles()
+    assert len(needles) == 4 + (batch is not None)
+    assert all(needle in line for needle in needles)
+    other = Filters(team=team + "x")
+    assert not all(needle in line for needle in other.needles())

@@ -1,0 +1,302 @@
+"""One chain's files checked in one pass, for the case that matters: every record is good.
+
+An auditor's time goes to chains that verify. For them this module makes every check of
+`gateway.audit.verify` (and the fleet's order checks) several times faster; on anything else
+it gives up, returning None, and the caller runs the general verifier, which names the
+problem. It must never pass what the general verifier refuses. How it stays exact:
+
+- Canonical form: the line is parsed (orjson) and re-encoded with sorted keys, and the bytes
+  must be equal. orjson and `chain.canonical` write strings and integers alike (a test holds
+  them to it over every code point); they write floats below 1e-4 differently, so a line that
+  may hold one (`_TINY_FLOAT`) is left to the general verifier. Duplicate keys, lone
+  surrogates, NaN and integers past 64 bits fail to parse or to re-encode equal.
+- The seal: the hash and MAC cover the line without its `hash` and `mac` members, so those
+  are cut out of the line's bytes (`,"hash":"<64 hex>"`) instead of encoding the record again.
+  In a canonical line `"hash":` can't occur inside a string (every `"` there is escaped); a
+  line with one object level holds each key once, and a line with nested objects must hold
+  `"hash":` and `"mac":` once, so the cut is the record's own member.
+- Types: a field compared equal to a value already checked (`hash` to the digest computed,
+  `prev` to the last hash, `chain` to the chain's first) has that value's form. Records other
+  than plain ones (`audit.chain`, `audit.checkpoint`) go through the general verifier's own
+  functions (`verify.field_reason`, `tree_check.TreeCheck.record`), as do the chain's first.
+- Order: each record must have the next seq and chain to the last hash; a repeat, a gap or a
+  record of another chain gives up (the fleet's `ordered` drops exact duplicates and sorts:
+  the general path does that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.audit import chain as audit_chain
+from gateway.audit import grouping, merkle, tree_check, verify
+from gateway.audit.chain_tree import CHAIN_ID, default_origin
+
+CHUNK_BYTES = 4 * 1024 * 1024
+_FIXED = re.compile(rb"\.0000[1-9]")
+_SHORT_EXPONENT = re.compile(rb"-[1-9][,}\]]")  # after an "e": an exponent of one digit
+_DIGITS = frozenset(b"0123456789.")
+_BEFORE_NUMBER = frozenset(b":,[")
+_SPECIAL = frozenset((tree_check.CHAIN_EVENT, tree_check.CHECKPOINT_EVENT))
+_IDENTITY = frozenset((tree_check.CHAIN_EVENT, "audit.opened"))
+_IDENTITY_MARKERS = (b'"event":"audit.chain"', b'"event":"audit.opened"')
+_HASH_KEY = b'"hash":"'
+_ABSENT = object()
+_MAC_KEY = b'"mac":"'
+_BLOCK = 64  # SHA-256's block size, for the HMAC pads
+
+
+class GiveUp(Exception):
+    """Not the common case: the general verifier decides (never shown to anyone)."""
+
+
+@dataclass(frozen=True)
+class ChainFiles:
+    """One chain's files, oldest first, each starting with the record after the last one's."""
+
+    chain: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Passed:
+    """What the general verifier would have said of a chain that verifies."""
+
+    ok: verify.VerifyOk
+    instance: str | None
+    origin: str
+
+
+def mac_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with `key`, its two padded key blocks hashed once: the MAC of a
+    message is ``outer.copy() <- inner.copy() <- message``."""
+    block = hashlib.sha256(key).digest() if len(key) > _BLOCK else key
+    block = block.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+
+
+def mac_checker(keys: Sequence[bytes]) -> Callable[[bytes, object], bool]:
+    """Whether a MAC is HMAC-SHA256(key, body) for one of `keys`."""
+    pads = [mac_pads(key) for key in keys]
+
+    def matches(body: bytes, mac: object) -> bool:
+        for inner, outer in pads:
+            digest = inner.copy()
+            digest.update(body)
+            final = outer.copy()
+            final.update(digest.digest())
+            if final.hexdigest() == mac:
+                return True
+        return False
+
+    return matches
+
+
+def tiny_float(text: bytes) -> bool:
+    """Whether canonical JSON text may hold a number that orjson writes otherwise than
+    `chain.canonical`: with 1e-5 <= |x| < 1e-4, `0.0000d...` (Python: `de-05`), and below
+    1e-5 with a one-digit exponent, `de-7` (Python: `de-07`). Either is a number token, which
+    follows `:`, `,` or `[` (and maybe a minus sign); inside strings the patterns are harmless
+    but still counted when they look like a token's start (then the general verifier decides)."""
+    for found in _FIXED.finditer(text):
+        start = found.start() - 1  # the "0" of "0.0000"
+        if start > 0 and text[start - 1] == 45:  # "-"
+            start -= 1
+        if start > 0 and text[start - 1] in _BEFORE_NUMBER:
+            return True
+    for found in _SHORT_EXPONENT.finditer(text):
+        start = found.start()  # the "-" after "e"
+        if start < 2 or text[start - 1] != 101:  # "e"
+            continue
+        start -= 1
+        while start > 0 and text[start - 1] in _DIGITS:
+            start -= 1
+        if start < found.start() - 1:  # a mantissa before the "e"
+            if start > 0 and text[start - 1] == 45:
+                start -= 1
+            if start > 0 and text[start - 1] in _BEFORE_NUMBER:
+                return True
+    return False
+
+
+def lines(paths: Sequence[str]) -> Iterator[list[bytes]]:
+    """Each file's lines, without newlines, a chunk at a time. GiveUp on a last line with no
+    newline (the general verifier names a torn or cut file) and on a chunk that may hold a
+    number below 1e-4 (`tiny_float`)."""
+    for path in paths:
+        rest = b""
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                chunk = rest + chunk
+                parts = chunk.split(b"\n")
+                rest = parts.pop()
+                if tiny_float(chunk):
+                    raise GiveUp
+                yield parts
+        if rest:
+            raise GiveUp
+
+
+def check(files: ChainFiles, *, keys: Sequence[bytes], verifiers: Sequence[Any],
+          anchors: Sequence[tree_check.Anchor], wanted: Mapping[int, str],
+          each: Callable[[bytes, dict[str, Any]], None] | None = None) -> Passed | None:
+    """The chain's verdict if it verifies, else None. `each`: called with every record's line
+    and content once it verified (for `audit query`; what it made of a chain that did not
+    verify in the end must be dropped). `anchors`: every signed checkpoint
+    given; the chain is held to those of its origin, as the general path chooses them."""
+    try:
+        return _Walk(files, keys, verifiers, anchors, wanted, each).run()
+    except GiveUp:
+        return None
+
+
+class _Walk:
+    def __init__(self, files: ChainFiles, keys: Sequence[bytes], verifiers: Sequence[Any],
+                 anchors: Sequence[tree_check.Anchor], wanted: Mapping[int, str],
+                 each: Callable[[bytes, dict[str, Any]], None] | None) -> None:
+        self.files = files
+        self.keys = tuple(keys)
+        self.tree = tree_check.TreeCheck(verifiers, anchors)
+        self.anchors = anchors
+        self.wanted = wanted
+        self.each = each
+        self.instance: str | None = None
+        self.origin: str | None = None
+        self.macs_unchecked = False
+
+    def special(self, record: dict[str, Any], content: bytes) -> None:
+        """A record the general verifier's functions check: the first, `audit.chain`,
+        `audit.checkpoint`."""
+        reason = verify.field_reason(record) or tree_check.field_reason(record)
+        if reason is None and record["event"] == tree_check.CHECKPOINT_EVENT:
+            reason = verify.checkpoint_head_reason(record["seq"], record["prev"],
+                                                   record["head_seq"], record["head_hash"])
+        if reason is None:
+            reason = self.tree.record(tree_check.Fields(
+                seq=record["seq"], event=record["event"], leaf=merkle.leaf_hash(content),
+                chain=record.get("chain"), origin=record.get("origin"),
+                tree_size=record.get("tree_size"), root=record.get("root"),
+                note=record.get("note")))
+        if reason is not None:
+            raise GiveUp
+
+    def identity(self, record: dict[str, Any]) -> None:
+        """`instance` and `origin` as the fleet takes them from identity records."""
+        instance, origin = record.get("instance"), record.get("origin")
+        if isinstance(instance, str) and instance:
+            self.instance = instance
+        if isinstance(origin, str) and origin:
+            self.origin = origin
+
+    def run(self) -> Passed:
+        # One loop on purpose: a call per record would cost as much as a check does.
+        loads, dumps, sort_keys = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS
+        sha256, leaf_prefix = hashlib.sha256, b"\x00"
+        mac_ok = mac_checker(self.keys) if self.keys else None
+        # The first key's pads, inline: with one key (the usual) no call per record.
+        inner, outer = mac_pads(self.keys[0]) if self.keys else (None, None)
+        chain = self.files.chain
+        tree, wanted, each = self.tree, self.wanted, self.each
+        leaves: list[bytes] = []
+        seq, head = 0, audit_chain.GENESIS
+        has_mac = False
+        for chunk in lines(self.files.paths):
+            for content in chunk:
+                if content[:1] != b"{":
+                    raise GiveUp  # empty, whitespace, a CRI line: the general reader's
+                try:
+                    record = loads(content)
+                except orjson.JSONDecodeError:
+                    raise GiveUp from None
+                if type(record) is not dict or dumps(record, option=sort_keys) != content:
+                    raise GiveUp
+                stored = record.get("hash")
+                event = record.get("event")
+                number = record.get("seq")
+                if (type(number) is not int or number != seq + 1 or record.get("prev") != head
+                        or type(stored) is not str or type(event) is not str
+                        or type(record.get("ts")) is not str or record.get("chain") != chain):
+                    raise GiveUp
+                at = content.find(_HASH_KEY)
+                mac = record.get("mac", _ABSENT)
+                cut = content.find(_MAC_KEY) if mac is not _ABSENT else -1
+                nested = content.find(b"{", 1) >= 0
+                if nested and (
+                        content.count(b'"hash":') != 1 or content.count(b'"mac":') > 1
+                        or content.count(b'"seq":') != 1 or content.count(b'"chain":') != 1
+                        or any(marker in content for marker in _IDENTITY_MARKERS)):
+                    raise GiveUp  # nested objects: the keys must still be the record's own
+                if at < 1 or content[at - 1] != 44:  # the "," before it
+                    raise GiveUp
+                if cut < 0:
+                    body = content[:at - 1] + content[at + 73:]
+                elif cut > at and content[cut - 1] == 44:
+                    body = content[:at - 1] + content[at + 73:cut - 1] + content[cut + 72:]
+                else:
+                    raise GiveUp
+                if sha256(body).hexdigest() != stored:
+                    raise GiveUp
+                if mac is not _ABSENT:
+                    has_mac = True
+                    if inner is None or outer is None or mac_ok is None:
+                        if type(mac) is not str or not verify.is_hex64(mac):
+                            raise GiveUp
+                    else:
+                        digest = inner.copy()
+                        digest.update(body)
+                        final = outer.copy()
+                        final.update(digest.digest())
+                        if final.hexdigest() != mac and not mac_ok(body, mac):
+                            raise GiveUp
+                elif mac_ok is not None:
+                    raise GiveUp
+                seq += 1
+                if event in _SPECIAL or seq == 1:
+                    if leaves:
+                        tree.plain(leaves)
+                        leaves = []
+                    self.special(record, content)
+                    if event in _IDENTITY:
+                        self.identity(record)
+                else:
+                    if event in _IDENTITY:
+                        self.identity(record)
+                    leaves.append(sha256(leaf_prefix + content).digest())
+                if wanted and seq in wanted and wanted[seq] != stored:
+                    raise GiveUp
+                if each is not None:
+                    each(content, record)
+                head = stored
+        if leaves:
+            tree.plain(leaves)
+        return self.finish(seq, head, has_mac)
+
+    def finish(self, seq: int, head: str, has_mac: bool) -> Passed:
+        if seq == 0 or any(s > seq for s in self.wanted):
+            raise GiveUp
+        origin = self.origin or default_origin(self.files.chain)
+        mine = [a for a in self.anchors if a.checkpoint.origin == origin]
+        if self.tree.finish(seq, mine) is not None:
+            raise GiveUp
+        tree = self.tree
+        ok = verify.VerifyOk(seq, seq, head, (), 1, None, has_mac and not self.keys,
+                             tree.notes_unchecked, tree.roots_unchecked, tree.signed)
+        return Passed(ok, self.instance, origin)
+
+
+def first_record(path: str) -> tuple[str, int] | None:
+    """The chain and seq of a file's first line, or None when it is not a record with a
+    chain."""
+    with open(path, "rb") as handle:
+        line = handle.readline(verify.MAX_LINE_BYTES)
+    chain = grouping.chain_of(line) if line.startswith(b"{") else None
+    if chain is None or not CHAIN_ID.fullmatch(chain):
+        return None
+    return chain, grouping.seq_of(line)
