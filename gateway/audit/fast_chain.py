@@ -43,8 +43,11 @@ _FIXED = re.compile(rb"\.0000[1-9]")
 _SHORT_EXPONENT = re.compile(rb"-[1-9][,}\]]")  # after an "e": an exponent of one digit
 _DIGITS = frozenset(b"0123456789.")
 _BEFORE_NUMBER = frozenset(b":,[")
-_SPECIAL = frozenset((tree_check.CHAIN_EVENT, tree_check.CHECKPOINT_EVENT))
-_IDENTITY = frozenset((tree_check.CHAIN_EVENT, "audit.opened"))
+_SPECIAL, _IDENTITY = "special", "identity"
+_KINDS = {tree_check.CHAIN_EVENT: _SPECIAL, tree_check.CHECKPOINT_EVENT: _SPECIAL,
+          "audit.opened": _IDENTITY}
+"""Events checked by the general verifier's own functions, or read for the chain's identity."""
+_IDENTITY_EVENTS = frozenset((tree_check.CHAIN_EVENT, "audit.opened"))
 _IDENTITY_MARKERS = (b'"event":"audit.chain"', b'"event":"audit.opened"')
 _HASH_KEY = b'"hash":"'
 _ABSENT = object()
@@ -126,8 +129,9 @@ def tiny_float(text: bytes) -> bool:
     return False
 
 
-def lines(paths: Sequence[str]) -> Iterator[list[bytes]]:
-    """Each file's lines, without newlines, a chunk at a time. GiveUp on a last line with no
+def lines(paths: Sequence[str]) -> Iterator[tuple[bool, list[bytes]]]:
+    """Each file's lines, without newlines, a chunk at a time, and whether each of them holds
+    one `{` (flat objects: every key is the record's own). GiveUp on a last line with no
     newline (the general verifier names a torn or cut file) and on a chunk that may hold a
     number below 1e-4 (`tiny_float`)."""
     for path in paths:
@@ -139,20 +143,21 @@ def lines(paths: Sequence[str]) -> Iterator[list[bytes]]:
                 rest = parts.pop()
                 if tiny_float(chunk):
                     raise GiveUp
-                yield parts
+                yield chunk.count(b"{", 0, len(chunk) - len(rest)) == len(parts), parts
         if rest:
             raise GiveUp
 
 
 def check(files: ChainFiles, *, keys: Sequence[bytes], verifiers: Sequence[Any],
           anchors: Sequence[tree_check.Anchor], wanted: Mapping[int, str],
-          each: Callable[[bytes, dict[str, Any]], None] | None = None) -> Passed | None:
-    """The chain's verdict if it verifies, else None. `each`: called with every record's line
-    and content once it verified (for `audit query`; what it made of a chain that did not
-    verify in the end must be dropped). `anchors`: every signed checkpoint
+          each: Callable[[dict[str, Any]], None] | None = None,
+          needles: Sequence[bytes] = ()) -> Passed | None:
+    """The chain's verdict if it verifies, else None. `each`: called with each record that
+    verified and whose line holds every one of `needles` (for `audit query`; what it made of
+    a chain that did not verify in the end must be dropped). `anchors`: every signed checkpoint
     given; the chain is held to those of its origin, as the general path chooses them."""
     try:
-        return _Walk(files, keys, verifiers, anchors, wanted, each).run()
+        return _Walk(files, keys, verifiers, anchors, wanted, each, tuple(needles)).run()
     except GiveUp:
         return None
 
@@ -160,13 +165,15 @@ def check(files: ChainFiles, *, keys: Sequence[bytes], verifiers: Sequence[Any],
 class _Walk:
     def __init__(self, files: ChainFiles, keys: Sequence[bytes], verifiers: Sequence[Any],
                  anchors: Sequence[tree_check.Anchor], wanted: Mapping[int, str],
-                 each: Callable[[bytes, dict[str, Any]], None] | None) -> None:
+                 each: Callable[[dict[str, Any]], None] | None,
+                 needles: tuple[bytes, ...]) -> None:
         self.files = files
         self.keys = tuple(keys)
         self.tree = tree_check.TreeCheck(verifiers, anchors)
         self.anchors = anchors
         self.wanted = wanted
         self.each = each
+        self.needles = needles
         self.instance: str | None = None
         self.origin: str | None = None
         self.macs_unchecked = False
@@ -207,14 +214,13 @@ class _Walk:
         leaves: list[bytes] = []
         seq, head = 0, audit_chain.GENESIS
         has_mac = False
-        for chunk in lines(self.files.paths):
+        needles = self.needles
+        for flat, chunk in lines(self.files.paths):
             for content in chunk:
-                if content[:1] != b"{":
-                    raise GiveUp  # empty, whitespace, a CRI line: the general reader's
                 try:
                     record = loads(content)
                 except orjson.JSONDecodeError:
-                    raise GiveUp from None
+                    raise GiveUp from None  # (an empty or CRI line too: the general reader's)
                 if type(record) is not dict or dumps(record, option=sort_keys) != content:
                     raise GiveUp
                 stored = record.get("hash")
@@ -224,26 +230,24 @@ class _Walk:
                         or type(stored) is not str or type(event) is not str
                         or type(record.get("ts")) is not str or record.get("chain") != chain):
                     raise GiveUp
-                at = content.find(_HASH_KEY)
-                mac = record.get("mac", _ABSENT)
-                cut = content.find(_MAC_KEY) if mac is not _ABSENT else -1
-                nested = content.find(b"{", 1) >= 0
-                if nested and (
+                if not flat and content.find(b"{", 1) >= 0 and (
                         content.count(b'"hash":') != 1 or content.count(b'"mac":') > 1
                         or content.count(b'"seq":') != 1 or content.count(b'"chain":') != 1
                         or any(marker in content for marker in _IDENTITY_MARKERS)):
                     raise GiveUp  # nested objects: the keys must still be the record's own
+                at = content.find(_HASH_KEY)
+                mac = record.get("mac", _ABSENT)
                 if at < 1 or content[at - 1] != 44:  # the "," before it
                     raise GiveUp
-                if cut < 0:
+                if mac is _ABSENT:
+                    if mac_ok is not None:
+                        raise GiveUp
                     body = content[:at - 1] + content[at + 73:]
-                elif cut > at and content[cut - 1] == 44:
-                    body = content[:at - 1] + content[at + 73:cut - 1] + content[cut + 72:]
                 else:
-                    raise GiveUp
-                if sha256(body).hexdigest() != stored:
-                    raise GiveUp
-                if mac is not _ABSENT:
+                    cut = content.find(_MAC_KEY)
+                    if cut <= at or content[cut - 1] != 44:
+                        raise GiveUp
+                    body = content[:at - 1] + content[at + 73:cut - 1] + content[cut + 72:]
                     has_mac = True
                     if inner is None or outer is None or mac_ok is None:
                         if type(mac) is not str or not verify.is_hex64(mac):
@@ -255,24 +259,30 @@ class _Walk:
                         final.update(digest.digest())
                         if final.hexdigest() != mac and not mac_ok(body, mac):
                             raise GiveUp
-                elif mac_ok is not None:
+                if sha256(body).hexdigest() != stored:
                     raise GiveUp
                 seq += 1
-                if event in _SPECIAL or seq == 1:
-                    if leaves:
-                        tree.plain(leaves)
-                        leaves = []
-                    self.special(record, content)
-                    if event in _IDENTITY:
-                        self.identity(record)
-                else:
-                    if event in _IDENTITY:
-                        self.identity(record)
+                kind = _KINDS.get(event)
+                if kind is None and seq != 1:
                     leaves.append(sha256(leaf_prefix + content).digest())
+                else:
+                    if kind is not _IDENTITY or seq == 1:
+                        if leaves:
+                            tree.plain(leaves)
+                            leaves = []
+                        self.special(record, content)
+                    else:
+                        leaves.append(sha256(leaf_prefix + content).digest())
+                    if event in _IDENTITY_EVENTS:
+                        self.identity(record)
                 if wanted and seq in wanted and wanted[seq] != stored:
                     raise GiveUp
                 if each is not None:
-                    each(content, record)
+                    for needle in needles:
+                        if needle not in content:
+                            break
+                    else:
+                        each(record)
                 head = stored
         if leaves:
             tree.plain(leaves)

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.audit import fast_chain, fleet, inputs, verify
 from gateway.audit.query import Filters, Query
+from gateway.audit.row_runs import Rows
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def plan(items: Sequence[inputs.Input]) -> list[fast_chain.ChainFiles] | None:
 
 
 def results(items: Sequence[inputs.Input], checks: Checks, outcome: Outcome, *, jobs: int,
-            filters: Filters | None) -> list[fleet.ChainResult] | None:
+            filters: Filters | None, rows_folder: str | None = None
+            ) -> list[fleet.ChainResult] | None:
     """One result per chain, in chain order, as the general path gives them; None when the
     general path must decide."""
     chains = plan(items)
@@ -74,7 +76,7 @@ def results(items: Sequence[inputs.Input], checks: Checks, outcome: Outcome, *, 
         wanted = verify.checkpoint_map(checks.checkpoints) if len(chains) == 1 else {}
     except ValueError:
         return None
-    work = [_Job(files, checks, wanted, filters) for files in chains]
+    work = [_Job(files, checks, wanted, filters, rows_folder) for files in chains]
     if jobs <= 1 or len(work) <= 1:
         passed = [job.run() for job in work]
     else:
@@ -89,14 +91,13 @@ def _result(files: fast_chain.ChainFiles, passed: _Passed, outcome: Outcome
             ) -> fleet.ChainResult:
     said = outcome(passed.passed.ok)
     return fleet.ChainResult(files.chain, files.chain, passed.passed.instance, True, said.text,
-                             list(said.warnings), list(passed.rows),
-                             origin=passed.passed.origin)
+                             list(said.warnings), passed.rows, origin=passed.passed.origin)
 
 
 @dataclass(frozen=True)
 class _Passed:
     passed: fast_chain.Passed
-    rows: tuple[tuple[Any, ...], ...]
+    rows: Rows
 
 
 @dataclass(frozen=True)
@@ -105,24 +106,24 @@ class _Job:
     checks: Checks
     wanted: dict[int, str]
     filters: Filters | None
+    rows_folder: str | None
 
     def run(self) -> _Passed | None:
-        query = Query(self.filters) if self.filters is not None else None
+        query = Query(self.filters, self.rows_folder) if self.filters is not None else None
         each = None
         if query is not None:
-            needles = query.filters.needles()
             label = self.files.chain
 
-            def each(content: bytes, record: dict[str, Any]) -> None:
-                if all(needle in content for needle in needles):
-                    query.add(record, label)
+            def each(record: dict[str, Any]) -> None:
+                query.add(record, label)
 
         passed = fast_chain.check(self.files, keys=self.checks.hmac_keys,
                                   verifiers=self.checks.verifiers, anchors=self.checks.anchors,
-                                  wanted=self.wanted, each=each)
+                                  wanted=self.wanted, each=each,
+                                  needles=query.filters.needles() if query else ())
         if passed is None:
             return None
-        return _Passed(passed, tuple(query.rows) if query is not None else ())
+        return _Passed(passed, query.rows if query is not None else Rows())
 
 
 _forked_jobs: list[_Job] = []

@@ -29,7 +29,8 @@ from typing import Any
 from gateway.audit import grouping, inputs
 from gateway.audit.archive import location
 from gateway.audit.chain_tree import default_origin
-from gateway.audit.query import Filters, Query, Row
+from gateway.audit.query import Filters, Query
+from gateway.audit.row_runs import Rows
 
 _INDEX = struct.Struct("<IQ")  # input index, line number: where line N of the copy came from
 _BUFFER = 256 * 1024
@@ -54,7 +55,8 @@ class ChainResult:
     ok: bool
     text: str  # what follows `chain <label> (<instance>): `
     warnings: list[str] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: Rows = field(default_factory=Rows)
+    """`audit query`'s rows of this chain, with their sort keys."""
     origin: str | None = None  # the checkpoints' origin (the audit.chain record's)
 
     def line(self) -> str:
@@ -86,6 +88,8 @@ class ChainJob:
     filters: Filters | None
     verify: bool = True
     """False (`audit query --no-verify`): every record's row, whatever the chain's problems."""
+    rows_folder: str | None = None
+    """Where `audit query` may write sorted runs of rows (None: rows stay in memory)."""
 
 
 @dataclass
@@ -134,13 +138,14 @@ def _note(item: inputs.Input) -> Note | None:
 
 def verify_chains(
     fleet: Fleet, check: SingleChainVerify, *, jobs: int = 1, filters: Filters | None = None,
-    check_chains: bool = True,
+    check_chains: bool = True, rows_folder: str | None = None,
 ) -> list[ChainResult]:
     """Each chain verified on its own, `jobs` at once; results in chain order."""
     spills = fleet.group.finish()
     sources = tuple(fleet.group.sources)
     work = [ChainJob(key, path, key not in fleet.group.unsorted, sources,
-                     tuple(n for n in fleet.notes if n.chain == key), filters, check_chains)
+                     tuple(n for n in fleet.notes if n.chain == key), filters, check_chains,
+                     rows_folder)
             for key, path in sorted(spills.items(), key=lambda kv: _label(kv[0], sources))]
     if jobs <= 1 or len(work) <= 1:
         return [verify_chain(job, check) for job in work]
@@ -193,7 +198,7 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
                     origin = found or origin
         if not job.verify:
             return ChainResult(job.key, label, instance, True, "not verified", [],
-                               _rows(copy, label, job.filters) if job.filters else [])
+                               _rows(copy, label, job) if job.filters else Rows())
         for note in job.notes:
             if note.tree_size > head:
                 return ChainResult(job.key, label, instance, False,
@@ -209,7 +214,7 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
         result = ChainResult(job.key, label, instance, True, outcome.text,
                              list(outcome.warnings), origin=origin)
         if job.filters is not None:
-            result.rows = _rows(copy, label, job.filters)
+            result.rows = _rows(copy, label, job)
         return result
     finally:
         for path in (copy, index):
@@ -240,12 +245,13 @@ def _where(index: str, line: int, sources: Sequence[str]) -> str:
     return f"{sources[source]}:{lineno}"
 
 
-def _rows(copy: str, label: str, filters: Filters) -> list[Row]:
-    query = Query(filters)
+def _rows(copy: str, label: str, job: ChainJob) -> Rows:
+    assert job.filters is not None
+    query = Query(job.filters, job.rows_folder)
     with open(copy, "rb", buffering=_BUFFER) as handle:
         for line in handle:
             if b'"event":"cancel.result"' not in line:
                 continue
             record: Mapping[str, Any] = json.loads(line)
             query.add(record, label)
-    return [(ts, chain, seq, row) for ts, chain, seq, row in query.rows]
+    return query.rows

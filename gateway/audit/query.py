@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TextIO
+
+from gateway.audit.row_runs import RowRuns, Rows
 
 COLUMNS = ("ts", "chain", "seq", "team", "key_id", "invocation_id", "database", "collection",
            "source_id", "outcome", "status", "error", "attempts", "batch_id", "request_id")
@@ -26,6 +29,7 @@ FORMATS = ("table", "jsonl", "csv")
 RESULT_EVENT = "cancel.result"
 _TABLE_WIDTH = 64
 _NEVER = datetime.min.replace(tzinfo=UTC)
+_CHAIN_COLUMN, _SEQ_COLUMN = COLUMNS.index("chain"), COLUMNS.index("seq")
 
 Row = tuple[Any, ...]
 
@@ -77,19 +81,24 @@ class Filters:
         return tuple(json.dumps({name: value}, ensure_ascii=False, separators=(",", ":"))
                      [1:-1].encode() for name, value in wanted if value is not None)
 
+    @cached_property
+    def exact(self) -> tuple[tuple[str, str], ...]:
+        """The filters a field must equal, by field name."""
+        return tuple((name, wanted) for name, wanted in (
+            ("team", self.team), ("key_id", self.key_id), ("database", self.database),
+            ("collection", self.collection), ("batch_id", self.batch)) if wanted is not None)
+
     def match(self, record: Mapping[str, Any]) -> bool:
         if record.get("event") != RESULT_EVENT:
             return False
-        for name, wanted in (("team", self.team), ("key_id", self.key_id),
-                             ("database", self.database), ("collection", self.collection),
-                             ("batch_id", self.batch)):
-            if wanted is not None and record.get(name) != wanted:
+        for name, wanted in self.exact:
+            if record.get(name) != wanted:
                 return False
         # Ids are compared as the gateway records them: lowercase (UUIDs in canonical form).
-        for name, wanted in (("invocation_id", self.invocation), ("source_id", self.source)):
+        for name, wanted_id in (("invocation_id", self.invocation), ("source_id", self.source)):
             value = record.get(name)
-            if wanted is not None and (not isinstance(value, str)
-                                       or value.lower() != wanted.strip().lower()):
+            if wanted_id is not None and (not isinstance(value, str)
+                                          or value.lower() != wanted_id.strip().lower()):
                 return False
         if self.outcomes and record.get("outcome") not in self.outcomes:
             return False
@@ -104,25 +113,34 @@ class Filters:
         return True
 
 
-@dataclass
 class Query:
-    filters: Filters
-    rows: list[tuple[datetime, str, int, Row]] = field(default_factory=list)
+    """The rows of the records that match, with their sort keys (`row_runs`): in memory, or
+    past `row_runs.RUN_ROWS` in sorted runs in `folder` (which the caller removes)."""
+
+    def __init__(self, filters: Filters, folder: str | None = None) -> None:
+        self.filters = filters
+        self._runs = RowRuns(folder)
+
+    @property
+    def rows(self) -> Rows:
+        return self._runs.rows
 
     def add(self, record: Mapping[str, Any], chain: str) -> None:
         """One verified record of `chain` (its id, or the file's name for an old log)."""
         if not self.filters.match(record):
             return
-        row = tuple(chain if name == "chain" else record.get(name) for name in COLUMNS)
-        seq = record.get("seq")
-        self.rows.append((_record_time(record) or _NEVER, chain,
-                          seq if isinstance(seq, int) else 0, row))
+        values = list(map(record.get, COLUMNS))
+        values[_CHAIN_COLUMN] = chain
+        seq = values[_SEQ_COLUMN]
+        self._runs.add((_record_time(record) or _NEVER, chain,
+                        seq if isinstance(seq, int) else 0, tuple(values)))
 
     def sorted_rows(self) -> list[Row]:
-        return [row for *_, row in sorted(self.rows, key=lambda item: item[:3])]
+        return [row for *_, row in self.rows.sorted()]
 
 
-def write(rows: Sequence[Row], fmt: str, out: TextIO) -> None:
+def write(rows: Iterable[Row], fmt: str, out: TextIO) -> None:
+    """The rows in `fmt`; `csv` and `jsonl` stream them (a table is measured first)."""
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(dict(zip(COLUMNS, row, strict=True))) + "\n")

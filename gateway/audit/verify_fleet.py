@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from gateway.audit import fast_fleet, fleet, grouping, inputs, query, verify
+from gateway.audit import fast_fleet, fleet, grouping, inputs, query, row_runs, verify
 from gateway.audit.archive import location
 from gateway.secrets.sources import InvalidSecret, load_hmac_key
 
@@ -139,7 +140,8 @@ class Verified:
 
 def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: TextIO,
                   err: TextIO, stdin: IO[bytes] | None, filters: query.Filters | None,
-                  verb: str, check_chains: bool = True, fast: bool = True) -> Verified:
+                  verb: str, check_chains: bool = True, fast: bool = True,
+                  rows_folder: str | None = None) -> Verified:
     """Read, verify and report (one line per chain on `out`, unless querying). `fast`: try
     `fast_fleet` first (False: the general path only, which tests hold it to)."""
     try:
@@ -151,7 +153,8 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
     if fast and check_chains and not options.allow_partial:
         checks = fast_fleet.Checks(options.hmac_keys, options.checkpoints, options.verifiers,
                                    options.anchors)
-        quick = fast_fleet.results(items, checks, outcome_of, jobs=jobs, filters=filters)
+        quick = fast_fleet.results(items, checks, outcome_of, jobs=jobs, filters=filters,
+                                   rows_folder=rows_folder)
     if quick is not None:
         results = quick
     else:
@@ -166,7 +169,8 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
                 raise Usage("--checkpoint SEQ:HASH names a record of one chain; these inputs "
                             f"hold {len(keys)}: verify that chain's files on their own")
             results = fleet.verify_chains(read, single_chain(options, several), jobs=jobs,
-                                          filters=filters, check_chains=check_chains)
+                                          filters=filters, check_chains=check_chains,
+                                          rows_folder=rows_folder)
         finally:
             read.close()
     if not results and not problems:
@@ -206,19 +210,21 @@ def run_query(paths: Sequence[str], filters: query.Filters, fmt: str,
               hmac_key_files: Sequence[str], no_verify: bool, jobs: int,
               out: TextIO, err: TextIO, stdin: IO[bytes] | None = None,
               public_keys: Sequence[str] = ()) -> int:
-    """`audit query`: rows only when every chain read verifies (or with `no_verify`)."""
-    try:
-        options = options_from(hmac_key_files, (), False, public_keys)
-        verified = verify_inputs(paths, options, jobs=jobs, out=err, err=err,
-                                 stdin=stdin if stdin is not None else sys.stdin.buffer,
-                                 filters=filters, verb="query", check_chains=not no_verify)
-    except Usage as exc:
-        print(f"audit query: {exc}", file=err)
-        return 2
-    if verified.status != 0 and not no_verify:
-        print("audit query: the records do not verify: no rows", file=err)
-        return 1
-    rows = [row for result in verified.results for row in result.rows]
-    rows.sort(key=lambda item: item[:3])
-    query.write([row for *_, row in rows], fmt, out)
+    """`audit query`: rows only when every chain read verifies (or with `no_verify`). Rows
+    past `row_runs.RUN_ROWS` a chain wait on disk in a private temporary folder, sorted."""
+    with tempfile.TemporaryDirectory(prefix="audit-query-") as folder:
+        try:
+            options = options_from(hmac_key_files, (), False, public_keys)
+            verified = verify_inputs(paths, options, jobs=jobs, out=err, err=err,
+                                     stdin=stdin if stdin is not None else sys.stdin.buffer,
+                                     filters=filters, verb="query", check_chains=not no_verify,
+                                     rows_folder=folder)
+        except Usage as exc:
+            print(f"audit query: {exc}", file=err)
+            return 2
+        if verified.status != 0 and not no_verify:
+            print("audit query: the records do not verify: no rows", file=err)
+            return 1
+        rows = row_runs.merged(result.rows for result in verified.results)
+        query.write((row for *_, row in rows), fmt, out)
     return 0

@@ -38,7 +38,7 @@ def run(paths: Sequence[Path], tmp: Path, *, fast: bool, macs: bool = True,
     verified = verify_inputs([str(p) for p in paths], options, jobs=jobs, out=out, err=err,
                              stdin=None, filters=filters,
                              verb="query" if filters else "verify", fast=fast)
-    rows = [row for result in verified.results for row in result.rows]
+    rows = [row for result in verified.results for row in result.rows.sorted()]
     return verified.status, out.getvalue(), err.getvalue(), sorted(rows, key=str)
 
 

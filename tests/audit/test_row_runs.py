@@ -1,0 +1,80 @@
+"""`audit query`'s rows: sorted runs on disk past a limit, merged back in time order."""
+
+from __future__ import annotations
+
+import io
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import row_runs
+from gateway.audit.query import Filters
+from gateway.audit.row_runs import RowRuns, merged
+from gateway.audit.verify_fleet import run_query
+from tests.audit.signed_logs import ChainBuilder
+
+T0 = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def keyed(chain: str, seq: int, seconds: int) -> row_runs.Keyed:
+    return (T0 + timedelta(seconds=seconds), chain, seq, (chain, seq))
+
+
+def test_past_the_limit_rows_go_to_sorted_runs_and_come_back_in_order(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    runs = RowRuns(str(tmp_path), limit=10)
+    items = [keyed("a", n, rng.randrange(50)) for n in range(95)]
+    for item in items:
+        runs.add(item)
+    assert len(runs.rows.runs) == 9 and len(runs.rows.memory) == 5
+    assert len(list(tmp_path.iterdir())) == 9
+    assert list(runs.rows.sorted()) == sorted(items, key=lambda i: i[:3])
+
+
+def test_without_a_folder_rows_stay_in_memory() -> None:
+    runs = RowRuns(None, limit=2)
+    for n in range(5):
+        runs.add(keyed("a", n, 5 - n))
+    assert runs.rows.runs == [] and len(runs.rows.memory) == 5
+    assert [i[2] for i in runs.rows.sorted()] == [4, 3, 2, 1, 0]
+
+
+def test_chains_merge_by_time_then_chain_then_seq(tmp_path: Path) -> None:
+    a, b = RowRuns(str(tmp_path), limit=3), RowRuns(str(tmp_path), limit=3)
+    for n in range(7):
+        a.add(keyed("a", n, 2 * n))
+        b.add(keyed("b", n, 2 * n + 1 if n % 2 else 2 * n))
+    got = [(i[1], i[2]) for i in merged([b.rows, a.rows])]
+    assert got[:4] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert len(got) == 14
+
+
+def test_a_query_spilling_runs_prints_what_an_in_memory_one_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    for n in range(3):
+        chain = ChainBuilder(signer=None, instance=f"pod-{n}")
+        chain.cancels(40, checkpoint_every=9)
+        chain.write(folder / f"pod-{n}.jsonl")
+
+    def query() -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert run_query([str(folder)], Filters(), "csv", [], False, 1, out, err) == 0, err
+        return out.getvalue()
+
+    in_memory = query()
+    spilled: list[str] = []
+    original = RowRuns.__init__
+
+    def small(self: RowRuns, where: str | None, limit: int = 0) -> None:
+        original(self, where, 4)
+        if where is not None:
+            spilled.append(where)
+
+    monkeypatch.setattr(RowRuns, "__init__", small)
+    assert query() == in_memory
+    assert in_memory.count("\r\n") == 1 + 3 * 40
+    assert spilled and not Path(spilled[0]).exists()  # the run files went with their folder
