@@ -284,8 +284,9 @@ class _Walk:
                     else:
                         each(record)
                 head = stored
-        if leaves:
-            tree.plain(leaves)
+            if leaves:  # a chunk at a time: memory stays bounded between checkpoints too
+                tree.plain(leaves)
+                leaves = []
         return self.finish(seq, head, has_mac)
 
     def finish(self, seq: int, head: str, has_mac: bool) -> Passed:

@@ -56,6 +56,8 @@ TARGETS: dict[str, Target] = {
     "identity": Target("gateway/access/identity.py", ("tests/access/test_identity.py",)),
     "limits": Target("gateway/access/limits.py", (
         "tests/access/test_limits.py", "tests/server/test_app.py")),
+    "fast_chain": Target("gateway/audit/fast_chain.py", (
+        "tests/audit/test_fast_chain.py", "tests/audit/test_fast_fleet.py")),
     "bulk_body": Target("gateway/cancel/bulk_request.py", ("tests/cancel/test_bulk.py",), (
         "parse_request", "_unique_keys", "_refuse_constant", "_shown")),
 }
