@@ -29,13 +29,6 @@ class Rebuild(Exception):
     """The index can't be brought up to date by reading only what is new."""
 
 
-def open_records(source: sources.SourceFile) -> IO[bytes]:
-    """The file's bytes, uncompressed when it is gzip. Raises OSError."""
-    if source.gzip:
-        return gzip.open(source.path, "rb")  # type: ignore[return-value]
-    return open(source.path, "rb")
-
-
 def located_lines(
     stream: IO[bytes], start: int, first_line: int
 ) -> Iterator[tuple[int, int, int, bytes]]:
@@ -75,7 +68,7 @@ class Scan:
         """Read `source` from where it was consumed; return it with its new `consumed`."""
         consumed, lines = source.consumed, source.lines
         try:
-            with open_records(source) as stream:
+            with sources.open_records(source) as stream:
                 for lineno, start, end, line in located_lines(stream, consumed, lines):
                     self._record(source, lineno, start, line)
                     consumed, lines = end, lineno

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import IO, Any
 
 EDGE_BYTES = 4096
 SAME, GROWN, CHANGED = "same", "grown", "changed"
@@ -65,6 +65,15 @@ class SourceFile:
 _FIELDS: dict[str, type] = {
     "id": int, "path": str, "dev": int, "ino": int, "size": int, "mtime_ns": int,
     "head": str, "tail": str, "gzip": bool, "consumed": int, "lines": int}
+
+
+def open_records(source: SourceFile) -> IO[bytes]:
+    """The file's bytes, uncompressed when it is gzip. Raises OSError."""
+    if source.gzip:
+        import gzip
+
+        return gzip.open(source.path, "rb")  # type: ignore[return-value]
+    return open(source.path, "rb")
 
 
 def _digest(handle: Any, start: int, length: int) -> str:

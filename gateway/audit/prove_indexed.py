@@ -197,9 +197,7 @@ def _open_written(path: str) -> ProofIndex:
 def _line_at(source: sources.SourceFile, offset: int, what: str) -> bytes:
     """The record line that starts at `offset` of `source` (the index says `what` is there)."""
     try:
-        from gateway.audit.index_build import open_records
-
-        with open_records(source) as stream:
+        with sources.open_records(source) as stream:
             stream.seek(offset)
             raw = iter(lambda: stream.readline(_MAX_LINE), b"")
             _, line = next(cri.unwrap(raw), (0, b""))

@@ -365,3 +365,54 @@ def test_the_standalone_checker_agrees_with_the_published_vectors() -> None:
         if path:
             with pytest.raises(doc.Bad):
                 doc.check_consistency(m, n, roots[n - 1], roots[m - 1], path)
+
+
+# --- through a proof index (--index) ------------------------------------------------------------
+
+
+def _prove(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    return inproc(capsys, "audit", "prove", *args)
+
+
+def test_an_index_made_then_used_gives_the_same_proofs_byte_for_byte(
+    tmp_path: Path, log: ChainBuilder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, index = str(tmp_path / "audit.jsonl"), tmp_path / "proofs.idx"
+    for seq in ("1", "31", "60"):
+        plain = _prove(capsys, path, "--chain", log.chain, "--seq", seq)
+        assert plain[0] == 0, plain[2]
+        made = _prove(capsys, path, "--chain", log.chain, "--seq", seq, "--index", str(index))
+        used = _prove(capsys, path, "--chain", log.chain, "--seq", seq, "--index", str(index))
+        assert made == used == plain
+    assert index.read_bytes().startswith(b"csg-proof-index")
+    old = tmp_path / "old.note"
+    old.write_text(log.notes()[0])
+    plain = _prove(capsys, path, "--consistency", str(old))
+    assert plain[0] == 0
+    assert _prove(capsys, path, "--consistency", str(old), "--index", str(index)) == plain
+
+
+def test_an_index_follows_a_growing_file_and_a_rotation(
+    tmp_path: Path, log: ChainBuilder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log.cancels(60, checkpoint_every=20)
+    lines = log.lines
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    current, index = folder / "audit.jsonl", str(tmp_path / "proofs.idx")
+
+    def same_as_without(seq: int) -> None:
+        plain = _prove(capsys, str(folder), "--chain", log.chain, "--seq", str(seq))
+        assert plain[0] == 0, plain[2]
+        assert _prove(capsys, str(folder), "--chain", log.chain, "--seq", str(seq),
+                      "--index", index) == plain
+
+    current.write_bytes(b"".join(lines[:70]) + lines[70][:9])  # a line half written
+    same_as_without(5)
+    with open(current, "ab") as grown:
+        grown.write(lines[70][9:] + b"".join(lines[71:100]))
+    same_as_without(80)
+    os.rename(current, folder / "audit.jsonl.000001")  # rotation: the old file keeps its inode
+    current.write_bytes(b"".join(lines[100:]))
+    for seq in (3, 80, len(lines) - 1):
+        same_as_without(seq)
