@@ -158,6 +158,9 @@ def test_prove_refuses_records_that_do_not_match_the_signed_checkpoint(
     code, out, err = inproc(capsys, "audit", "prove", str(forged), "--chain", log.chain,
                             "--seq", "4")
     assert code == 1 and out == "" and "does not match the records" in err
+    with_index = inproc(capsys, "audit", "prove", str(forged), "--chain", log.chain, "--seq",
+                        "4", "--index", str(tmp_path / "proofs.idx"))
+    assert with_index == (code, out, err)
 
 
 def test_prove_reads_files_in_any_order_with_duplicates(
