@@ -10,7 +10,6 @@ saves it and resumes at start without re-reading the chain.
 from __future__ import annotations
 
 import re
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from gateway.audit import checkpoint, merkle
@@ -24,6 +23,8 @@ CHAIN_ID = re.compile(r"[0-9a-f]{32}")
 
 def new_chain_id() -> str:
     """32 lowercase hex digits: 128 random bits."""
+    import secrets  # here: the auditors' tools import this module, and never make a chain
+
     return secrets.token_hex(16)
 
 

@@ -24,10 +24,13 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from gateway.audit import cri
-from gateway.audit.archive import location, opening, store
+from gateway.audit.archive import location
+
+if TYPE_CHECKING:  # the stores load when an archive URL is given (`audit prove` starts faster)
+    from gateway.audit.archive import store
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _READ_BUFFER = 1024 * 1024
@@ -107,6 +110,8 @@ def _file(path: str, note: bool = False) -> Input:
 
 
 def _archive(url_text: str) -> list[Input]:
+    from gateway.audit.archive import opening, store
+
     try:
         archive = opening.open_store(url_text)
     except (location.BadArchiveUrl, store.StoreError) as exc:
@@ -127,6 +132,8 @@ def _archive(url_text: str) -> list[Input]:
 
 
 def _reader(archive: store.Store, name: str) -> Callable[[], IO[bytes]]:
+    from gateway.audit.archive import store
+
     def read() -> IO[bytes]:
         try:
             return io.BytesIO(archive.read(name))

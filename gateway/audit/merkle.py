@@ -23,7 +23,7 @@ make everything here cheap:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -213,6 +213,23 @@ def inclusion_proof(leaves: Sequence[bytes], index: int, size: int) -> list[byte
     Costs one hash per leaf of the tree (every sibling subtree is hashed once).
     """
     _check_size(size, len(leaves))
+    return inclusion_path(index, size, lambda start, end: _subtree(leaves, start, end))
+
+
+def consistency_proof(leaves: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
+    """RFC 9162 2.1.4.1 PROOF(old_size, D[0:new_size]): what shows the old tree is a prefix."""
+    _check_size(new_size, len(leaves))
+    return consistency_path(old_size, new_size,
+                            lambda start, end: _subtree(leaves, start, end))
+
+
+SubtreeRoot = Callable[[int, int], bytes]
+"""MTH(D[start:end]) of the tree's leaves, for ``0 <= start < end <= size``."""
+
+
+def inclusion_path(index: int, size: int, subtree: SubtreeRoot) -> list[bytes]:
+    """PATH(index, D[0:size]) from whatever gives subtree roots: hashing the leaves, or a proof
+    index that stores them (`gateway.audit.proof_index`)."""
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
     path: list[bytes] = []
@@ -220,18 +237,17 @@ def inclusion_proof(leaves: Sequence[bytes], index: int, size: int) -> list[byte
     while end - start > 1:
         k = _split(end - start)
         if index - start < k:
-            path.append(_subtree(leaves, start + k, end))
+            path.append(subtree(start + k, end))
             end = start + k
         else:
-            path.append(_subtree(leaves, start, start + k))
+            path.append(subtree(start, start + k))
             start += k
     path.reverse()
     return path
 
 
-def consistency_proof(leaves: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
-    """RFC 9162 2.1.4.1 PROOF(old_size, D[0:new_size]): what shows the old tree is a prefix."""
-    _check_size(new_size, len(leaves))
+def consistency_path(old_size: int, new_size: int, subtree: SubtreeRoot) -> list[bytes]:
+    """PROOF(old_size, D[0:new_size]) from whatever gives subtree roots (see `inclusion_path`)."""
     if not 0 <= old_size <= new_size:
         raise ProofError(f"old tree size {old_size} is not from 0 to {new_size}")
     if old_size in (0, new_size):
@@ -242,16 +258,35 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int, new_size: int) -> 
     while m != end:
         k = _split(end - start)
         if m - start <= k:
-            path.append(_subtree(leaves, start + k, end))
+            path.append(subtree(start + k, end))
             end = start + k
         else:
-            path.append(_subtree(leaves, start, start + k))
+            path.append(subtree(start, start + k))
             start += k
             whole = False
     if not whole:
-        path.append(_subtree(leaves, start, end))
+        path.append(subtree(start, end))
     path.reverse()
     return path
+
+
+def perfect_parts(start: int, end: int) -> list[tuple[int, int]]:
+    """The perfect subtrees whose roots, folded right to left (`fold`), make MTH(D[start:end])
+    of a subtree of the RFC 9162 split: (level, index at that level) each, largest first."""
+    parts: list[tuple[int, int]] = []
+    while start < end:
+        level = (end - start).bit_length() - 1
+        parts.append((level, start >> level))
+        start += 1 << level
+    return parts
+
+
+def fold(peaks: Sequence[bytes]) -> bytes:
+    """The root over perfect subtree roots, left to right, largest first."""
+    node = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        node = node_hash(peak, node)
+    return node
 
 
 def _lsb(n: int) -> int:
@@ -350,6 +385,19 @@ class LeafHashes(Sequence[bytes]):
 
     def __init__(self) -> None:
         self._buf = bytearray()
+
+    @classmethod
+    def from_packed(cls, packed: bytes | bytearray) -> LeafHashes:
+        """Leaves `packed` holds (32 bytes each, zeros where none is known yet)."""
+        if len(packed) % HASH_SIZE:
+            raise ValueError("packed leaf hashes: not a whole number of hashes")
+        leaves = cls()
+        leaves._buf = bytearray(packed)
+        return leaves
+
+    def packed(self) -> memoryview:
+        """The leaves as one buffer (a view: valid until the next `put` or `append`)."""
+        return memoryview(self._buf)
 
     def append(self, leaf: bytes) -> None:
         self._buf += leaf

@@ -26,10 +26,13 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # cryptography is loaded to sign or verify, not to parse a note (audit prove)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 ALG_ED25519 = 1
 SIGNATURE_PREFIX = "— "  # em dash (U+2014), space
@@ -75,7 +78,15 @@ def _b64(data: bytes) -> str:
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,9 @@ class Verifier:
     def verify(self, message: bytes, signature: bytes) -> bool:
         if len(signature) != 64:
             return False
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
         except InvalidSignature:
@@ -111,7 +125,7 @@ class Signer:
 
     @property
     def verifier(self) -> Verifier:
-        public = _raw_public(Ed25519PrivateKey.from_private_bytes(self.seed).public_key())
+        public = _raw_public(_private_key(self.seed).public_key())
         return Verifier(self.name, self.key_id, public)
 
     @property
@@ -121,7 +135,7 @@ class Signer:
         return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{data}"
 
     def sign(self, message: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+        return _private_key(self.seed).sign(message)
 
 
 def _split_key(text: str, parts: int) -> list[str]:
@@ -161,7 +175,7 @@ def parse_signer_key(text: str) -> Signer:
     if private != "PRIVATE" or key != "KEY":
         raise NoteError("malformed private key")
     wanted, seed = _key_material(name, hex_id, data64, "private key")
-    public = _raw_public(Ed25519PrivateKey.from_private_bytes(seed).public_key())
+    public = _raw_public(_private_key(seed).public_key())
     if key_id(name, public) != wanted:
         raise NoteError("invalid private key hash")
     return Signer(name, wanted, seed)
@@ -170,6 +184,9 @@ def parse_signer_key(text: str) -> Signer:
 def generate_key(name: str) -> Signer:
     if not valid_key_name(name):
         raise NoteError("invalid key name: empty, or holds a space or a plus")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     seed = private.private_bytes(
         serialization.Encoding.Raw,

@@ -158,6 +158,9 @@ def test_prove_refuses_records_that_do_not_match_the_signed_checkpoint(
     code, out, err = inproc(capsys, "audit", "prove", str(forged), "--chain", log.chain,
                             "--seq", "4")
     assert code == 1 and out == "" and "does not match the records" in err
+    with_index = inproc(capsys, "audit", "prove", str(forged), "--chain", log.chain, "--seq",
+                        "4", "--index", str(tmp_path / "proofs.idx"))
+    assert with_index == (code, out, err)
 
 
 def test_prove_reads_files_in_any_order_with_duplicates(
@@ -245,6 +248,10 @@ def test_a_fork_cannot_be_proved_consistent(
         (["audit", "prove", "{log}", "--consistency", "{missing}"], "can't read"),
         (["audit", "prove", "{log}", "--chain", "{chain}", "--seq", "1", "--consistency",
           "{garbage}"], "give either"),
+        (["audit", "prove", "{log}", "--chain", "{chain}", "--seq", "1", "--index", "{garbage}"],
+         "not a proof index"),
+        (["audit", "prove", "-", "--chain", "{chain}", "--seq", "1", "--index", "{missing}"],
+         "not on - or archive URLs"),
         (["audit", "check-proof", "{garbage}", "--public-key", "{vkey}"], "not a proof"),
         (["audit", "check-proof", "{missing}", "--public-key", "{vkey}"], "can't read"),
         (["audit", "check-proof", "{log}", "--public-key", "{vkey}"], "not a proof"),
@@ -365,3 +372,54 @@ def test_the_standalone_checker_agrees_with_the_published_vectors() -> None:
         if path:
             with pytest.raises(doc.Bad):
                 doc.check_consistency(m, n, roots[n - 1], roots[m - 1], path)
+
+
+# --- through a proof index (--index) ------------------------------------------------------------
+
+
+def _prove(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    return inproc(capsys, "audit", "prove", *args)
+
+
+def test_an_index_made_then_used_gives_the_same_proofs_byte_for_byte(
+    tmp_path: Path, log: ChainBuilder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, index = str(tmp_path / "audit.jsonl"), tmp_path / "proofs.idx"
+    for seq in ("1", "31", "60"):
+        plain = _prove(capsys, path, "--chain", log.chain, "--seq", seq)
+        assert plain[0] == 0, plain[2]
+        made = _prove(capsys, path, "--chain", log.chain, "--seq", seq, "--index", str(index))
+        used = _prove(capsys, path, "--chain", log.chain, "--seq", seq, "--index", str(index))
+        assert made == used == plain
+    assert index.read_bytes().startswith(b"csg-proof-index")
+    old = tmp_path / "old.note"
+    old.write_text(log.notes()[0])
+    plain = _prove(capsys, path, "--consistency", str(old))
+    assert plain[0] == 0
+    assert _prove(capsys, path, "--consistency", str(old), "--index", str(index)) == plain
+
+
+def test_an_index_follows_a_growing_file_and_a_rotation(
+    tmp_path: Path, log: ChainBuilder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log.cancels(60, checkpoint_every=20)
+    lines = log.lines
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    current, index = folder / "audit.jsonl", str(tmp_path / "proofs.idx")
+
+    def same_as_without(seq: int) -> None:
+        plain = _prove(capsys, str(folder), "--chain", log.chain, "--seq", str(seq))
+        assert plain[0] == 0, plain[2]
+        assert _prove(capsys, str(folder), "--chain", log.chain, "--seq", str(seq),
+                      "--index", index) == plain
+
+    current.write_bytes(b"".join(lines[:70]) + lines[70][:9])  # a line half written
+    same_as_without(5)
+    with open(current, "ab") as grown:
+        grown.write(lines[70][9:] + b"".join(lines[71:100]))
+    same_as_without(80)
+    os.rename(current, folder / "audit.jsonl.000001")  # rotation: the old file keeps its inode
+    current.write_bytes(b"".join(lines[100:]))
+    for seq in (3, 80, len(lines) - 1):
+        same_as_without(seq)
