@@ -29,6 +29,7 @@ from tests.harness import (
     write_config,
 )
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 TEAM = "bench"
 TEAM_KEY = keys.new_key()
 UPSTREAM_TOKEN = "bench-upstream-" + secrets.token_hex(16)
@@ -119,6 +120,7 @@ def gateway_process(
     prefix: list[str] | None = None, scope: list[str] | None = None, lookup_cache: int = 10_000,
     everything: bool = False, audit_trail: bool = True, archive: str | bool | None = None,
     traces_endpoint: str | None = None, env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Iterator[RunningGateway]:
     """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit.
 
@@ -132,7 +134,9 @@ def gateway_process(
     `audit.origin` and `audit.instance`, rotation (`max_bytes`, `keep_files`), and an
     archive: `archive` None means a `file://` folder next to the log then (none otherwise),
     False none, a string that URL. The benchmark's requests still authenticate with the team
-    key. `traces_endpoint` turns on `[traces]` (OTLP/HTTP).
+    key. `traces_endpoint` turns on `[traces]` (OTLP/HTTP). `python` is the interpreter the
+    gateway runs with (default this one), e.g. one with only `requirements.lock` installed as
+    in the image: it runs this tree's `gateway` package, from the repository root.
     """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -168,8 +172,8 @@ def gateway_process(
         traces={"otlp_endpoint": traces_endpoint} if traces_endpoint else None,
     )
     started = time.monotonic()
-    if prefix:
-        gateway = _start_with_prefix(config, port, prefix)
+    if prefix or python:
+        gateway = _start_with(config, port, python or sys.executable, prefix or [], env)
     else:
         gateway = start_gateway(config, port=port, env=env)
     # From exec to /readyz 200 (token loaded, audit log open), polled every 10 ms.
@@ -248,20 +252,27 @@ def process_tree(pid: int) -> list[int]:
 
 @dataclass(frozen=True)
 class TreeMemory:
-    """Memory of a process and its descendants: what a container's limit holds them to.
+    """Memory of a process and its descendants: what a container's memory limit holds them to.
 
-    `rss_mib` sums each process's resident set (pages two processes share, such as
-    libpython's text, counted in each: an upper bound); `pss_mib` sums their proportional
-    set sizes (shared pages split between their users: the closer estimate of what the
-    container's memory cgroup is charged, before page cache)."""
+    `rss_mib` sums each process's resident set: pages two processes share (the interpreter,
+    the extension modules both import) are counted in each, an upper bound. `container_mib`
+    counts them once, as the container's memory cgroup charges a page once: the anonymous
+    pages of every process (private: heaps, objects) plus the file-backed resident pages of
+    the largest one (the others map a subset of the same files: the same interpreter and
+    libraries). The page cache of the files the gateway writes is left out (reclaimable; a
+    working-set figure leaves most of it out too). `pss_mib` sums the proportional set sizes;
+    on a shared machine it splits pages with unrelated processes (any other Python), so it
+    reads low."""
 
-    processes: dict[int, tuple[str, float]]  # pid -> (command, RSS MiB)
+    processes: dict[int, tuple[str, float]]  # pid -> (module run with -m, RSS MiB)
     rss_mib: float
+    container_mib: float
     pss_mib: float | None
 
 
 def tree_memory(pid: int) -> TreeMemory | None:
     processes: dict[int, tuple[str, float]] = {}
+    anon_total = file_largest = 0.0
     pss_total: float | None = 0.0
     for each in process_tree(pid):
         rss = _status_kib(f"/proc/{each}/status", "VmRSS:")
@@ -274,22 +285,31 @@ def tree_memory(pid: int) -> TreeMemory | None:
             argv = []
         module = argv[argv.index(b"-m") + 1].decode() if b"-m" in argv[:-1] else "?"
         processes[each] = (module, rss / 1024)
+        anon_total += (_status_kib(f"/proc/{each}/status", "RssAnon:") or 0) / 1024
+        file_largest = max(file_largest,
+                           (_status_kib(f"/proc/{each}/status", "RssFile:") or 0) / 1024)
         pss = _status_kib(f"/proc/{each}/smaps_rollup", "Pss:")
         pss_total = None if pss is None or pss_total is None else pss_total + pss / 1024
     if not processes:
         return None
-    return TreeMemory(processes, sum(rss for _, rss in processes.values()), pss_total)
+    return TreeMemory(processes, sum(rss for _, rss in processes.values()),
+                      anon_total + file_largest, pss_total)
 
 
-def _start_with_prefix(config: Path, port: int, prefix: list[str]) -> RunningGateway:
-    """Like tests.harness.start_gateway, with interpreter options (e.g. `-m cProfile -o F`)."""
+def _start_with(config: Path, port: int, python: str, prefix: list[str],
+                env: dict[str, str] | None) -> RunningGateway:
+    """Like tests.harness.start_gateway, with another interpreter or interpreter options
+    (e.g. `-m cProfile -o F`). The repository root goes first on its path, so another
+    interpreter runs this tree's code with its own packages."""
     folder = config.parent
     stdout_path, stderr_path = folder / f"stdout-{port}.log", folder / f"stderr-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_SYNC")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_SYNC")}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = str(ROOT)
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, *prefix, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=out, stderr=err, env=env,
+            [python, *prefix, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=out, stderr=err, env=full_env, cwd=ROOT,
         )
     gateway = RunningGateway(process, port, folder, config, stdout_path, stderr_path,
                              folder / "audit.jsonl")
