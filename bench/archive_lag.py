@@ -67,7 +67,7 @@ def main() -> None:
     else:
         archive = f"file://{work}/archive"
     if args.none:
-        archive = None  # type: ignore[assignment]
+        archive = False  # type: ignore[assignment]
     try:
         with procs.standin_process(args.seconds + 120) as standin, procs.gateway_process(
                 work / "gw", standin.base_url, fsync=True, transport="native", everything=True,
@@ -98,10 +98,10 @@ def main() -> None:
             final = procs.scrape(metrics_port)
             uploads = {k: v for k, v in final.items() if "archive_uploads_total" in k}
             worker = next(iter(_children(gateway.process.pid)), None)
-            if archive is not None:
+            if archive:
                 print(f"archive {archive.split(':')[0]}, {args.connections} connections, "
                       f"{args.seconds:.0f} s: {result.rps:.0f} req/s")
-            if archive is None:
+            if not archive:
                 print(f"no archive, {args.connections} connections: {result.rps:.0f} req/s; "
                       f"RSS after load: gateway {procs.rss_mib(gateway.process.pid):.1f} MiB")
                 return

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.access import keys
+from gateway.audit.signing import write_new_key
 from tests.harness import (
     RunningGateway,
     free_port,
@@ -28,6 +29,7 @@ from tests.harness import (
     write_config,
 )
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 TEAM = "bench"
 TEAM_KEY = keys.new_key()
 UPSTREAM_TOKEN = "bench-upstream-" + secrets.token_hex(16)
@@ -54,11 +56,28 @@ class StandInProcess:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
 
+@dataclass
+class OtlpReceiverProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/traces"
+
+    def stats(self) -> dict[str, int]:
+        """Export requests and spans received so far."""
+        url = f"http://127.0.0.1:{self.port}/bench/stats"  # loopback only
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
-def standin_process(max_seconds: float) -> Iterator[StandInProcess]:
-    env = dict(os.environ, BENCH_STANDIN_TOKEN=UPSTREAM_TOKEN)
+def _listening(module: str, max_seconds: float, env: dict[str, str] | None = None,
+               ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`python -m MODULE --max-seconds S`, once it has printed `port N`; stopped at exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.standin_server", "--max-seconds", str(max_seconds)],
+        [sys.executable, "-m", module, "--max-seconds", str(max_seconds)],
         stdout=subprocess.PIPE, env=env,
     )
     try:
@@ -66,10 +85,23 @@ def standin_process(max_seconds: float) -> Iterator[StandInProcess]:
         ready, _, _ = select.select([process.stdout], [], [], 15.0)
         line = process.stdout.readline().decode() if ready else ""
         if not line.startswith("port "):
-            raise RuntimeError(f"stand-in did not start (said {line!r})")
-        yield StandInProcess(process, int(line.split()[1]))
+            raise RuntimeError(f"{module} did not start (said {line!r})")
+        yield process, int(line.split()[1])
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def standin_process(max_seconds: float) -> Iterator[StandInProcess]:
+    env = dict(os.environ, BENCH_STANDIN_TOKEN=UPSTREAM_TOKEN)
+    with _listening("bench.standin_server", max_seconds, env) as (process, port):
+        yield StandInProcess(process, port)
+
+
+@contextlib.contextmanager
+def otlp_receiver_process(max_seconds: float) -> Iterator[OtlpReceiverProcess]:
+    with _listening("bench.otlp_receiver", max_seconds) as (process, port):
+        yield OtlpReceiverProcess(process, port)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -86,15 +118,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def gateway_process(
     folder: Path, upstream_url: str, *, fsync: bool, transport: str,
     prefix: list[str] | None = None, scope: list[str] | None = None, lookup_cache: int = 10_000,
-    everything: bool = False, archive: str | None = None, env: dict[str, str] | None = None,
+    everything: bool = False, audit_trail: bool = True, archive: str | bool | None = None,
+    traces_endpoint: str | None = None, env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Iterator[RunningGateway]:
     """`python [PREFIX...] -m gateway serve --config ...` with a bench config; SIGTERM at exit.
 
     `everything` configures, besides what is on by default (retries, circuit breaker,
-    in-flight limit, header timeout, denied-record suppression, reload watching), the optional
-    features a production sidecar runs with: audit HMAC, an `[[issuers]]` entry whose JWKS is
-    watched (workload identity loaded), a service account on the team, and a metrics listener
-    of its own. The benchmark's requests still authenticate with the team key.
+    in-flight limit, header timeout, denied-record suppression, reload watching, checkpoints
+    every 1,000 records), the optional features a production sidecar runs with (as
+    deploy/kubernetes/overlays/sidecar does): audit HMAC, an `[[issuers]]` entry whose JWKS is
+    watched (workload identity loaded), a service account on the team, a metrics listener of
+    its own, and (unless `audit_trail` is false: a 0.2 sidecar) the 0.3 audit keys: a
+    signing key (every checkpoint a signed note), the newest note in `audit.checkpoint_file`,
+    `audit.origin` and `audit.instance`, rotation (`max_bytes`, `keep_files`), and an
+    archive: `archive` None means a `file://` folder next to the log then (none otherwise),
+    False none, a string that URL. The benchmark's requests still authenticate with the team
+    key. `traces_endpoint` turns on `[traces]` (OTLP/HTTP). `python` is the interpreter the
+    gateway runs with (default this one), e.g. one with only `requirements.lock` installed as
+    in the image: it runs this tree's `gateway` package, from the repository root.
     """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -104,7 +146,9 @@ def gateway_process(
                                "scope": scope or ["*"], "rate_limit": 1e9, "burst": 10**9,
                                "max_in_flight": 32}
     audit: dict[str, object] = {"fsync": fsync, "denied_per_second": 20}
-    if archive is not None:
+    if archive is None and everything and audit_trail:
+        archive = (folder / "archive").as_uri()
+    if isinstance(archive, str):
         audit["archive"] = archive
     server: dict[str, object] = {"header_timeout": 5.0, "keepalive_timeout": 5.0}
     issuers: list[dict[str, object]] | None = None
@@ -118,15 +162,18 @@ def gateway_process(
                     "audience": "chroma-sync-gateway", "jwks_file": str(jwks_file)}]
         team["service_accounts"] = ["bench/worker"]
         server["metrics_port"] = free_port()
+        if audit_trail:
+            audit.update(deployment_audit(folder))
     config = write_config(
         folder, upstream_url=upstream_url, port=port, token=UPSTREAM_TOKEN,
         upstream={"transport": transport, "timeout": 10.0, "connect_timeout": 2.0,
                   "lookup_cache": lookup_cache},
         audit=audit, server=server, teams=[team], issuers=issuers,
+        traces={"otlp_endpoint": traces_endpoint} if traces_endpoint else None,
     )
     started = time.monotonic()
-    if prefix:
-        gateway = _start_with_prefix(config, port, prefix)
+    if prefix or python:
+        gateway = _start_with(config, port, python or sys.executable, prefix or [], env)
     else:
         gateway = start_gateway(config, port=port, env=env)
     # From exec to /readyz 200 (token loaded, audit log open), polled every 10 ms.
@@ -136,6 +183,19 @@ def gateway_process(
         yield gateway
     finally:
         gateway.stop()
+
+
+SIGNING_KEY_NAME = "bench.example/audit"
+
+
+def deployment_audit(folder: Path) -> dict[str, object]:
+    """The 0.3 `[audit]` keys of a deployed sidecar, with a new signing key in `folder`."""
+    key_file = folder / "audit-signing-key"
+    if not key_file.exists():  # a key file is never overwritten
+        write_new_key(str(key_file), SIGNING_KEY_NAME)
+    return {"signing_key_file": str(key_file), "checkpoint_file": str(folder / "checkpoint.note"),
+            "origin": "bench.example/gateway", "instance": "bench-gw-0",
+            "max_bytes": 64 * 2**20, "keep_files": 10}
 
 
 def _wait_ready(port: int, started: float, timeout: float = 15.0) -> float | None:
@@ -163,15 +223,93 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def _start_with_prefix(config: Path, port: int, prefix: list[str]) -> RunningGateway:
-    """Like tests.harness.start_gateway, with interpreter options (e.g. `-m cProfile -o F`)."""
+def _status_kib(path: str, field: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, parents first (Linux /proc)."""
+    found, i = [pid], 0
+    while i < len(found):
+        try:
+            tasks = os.listdir(f"/proc/{found[i]}/task")
+        except OSError:
+            tasks = []
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError), \
+                    open(f"/proc/{found[i]}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        i += 1
+    return found
+
+
+@dataclass(frozen=True)
+class TreeMemory:
+    """Memory of a process and its descendants: what a container's memory limit holds them to.
+
+    `rss_mib` sums each process's resident set: pages two processes share (the interpreter,
+    the extension modules both import) are counted in each, an upper bound. `container_mib`
+    counts them once, as the container's memory cgroup charges a page once: the anonymous
+    pages of every process (private: heaps, objects) plus the file-backed resident pages of
+    the largest one (the others map a subset of the same files: the same interpreter and
+    libraries). The page cache of the files the gateway writes is left out (reclaimable; a
+    working-set figure leaves most of it out too). `pss_mib` sums the proportional set sizes;
+    on a shared machine it splits pages with unrelated processes (any other Python), so it
+    reads low."""
+
+    processes: dict[int, tuple[str, float]]  # pid -> (module run with -m, RSS MiB)
+    rss_mib: float
+    container_mib: float
+    pss_mib: float | None
+
+
+def tree_memory(pid: int) -> TreeMemory | None:
+    processes: dict[int, tuple[str, float]] = {}
+    anon_total = file_largest = 0.0
+    pss_total: float | None = 0.0
+    for each in process_tree(pid):
+        rss = _status_kib(f"/proc/{each}/status", "VmRSS:")
+        if rss is None:
+            continue
+        try:
+            with open(f"/proc/{each}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            argv = []
+        module = argv[argv.index(b"-m") + 1].decode() if b"-m" in argv[:-1] else "?"
+        processes[each] = (module, rss / 1024)
+        anon_total += (_status_kib(f"/proc/{each}/status", "RssAnon:") or 0) / 1024
+        file_largest = max(file_largest,
+                           (_status_kib(f"/proc/{each}/status", "RssFile:") or 0) / 1024)
+        pss = _status_kib(f"/proc/{each}/smaps_rollup", "Pss:")
+        pss_total = None if pss is None or pss_total is None else pss_total + pss / 1024
+    if not processes:
+        return None
+    return TreeMemory(processes, sum(rss for _, rss in processes.values()),
+                      anon_total + file_largest, pss_total)
+
+
+def _start_with(config: Path, port: int, python: str, prefix: list[str],
+                env: dict[str, str] | None) -> RunningGateway:
+    """Like tests.harness.start_gateway, with another interpreter or interpreter options
+    (e.g. `-m cProfile -o F`). The repository root goes first on its path, so another
+    interpreter runs this tree's code with its own packages."""
     folder = config.parent
     stdout_path, stderr_path = folder / f"stdout-{port}.log", folder / f"stderr-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_SYNC")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_SYNC")}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = str(ROOT)
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, *prefix, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=out, stderr=err, env=env,
+            [python, *prefix, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=out, stderr=err, env=full_env, cwd=ROOT,
         )
     gateway = RunningGateway(process, port, folder, config, stdout_path, stderr_path,
                              folder / "audit.jsonl")
