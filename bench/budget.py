@@ -84,8 +84,9 @@ def render(lines: list[Line]) -> list[str]:
 
 def auditor_lines(results: dict[str, dict[str, float]]) -> list[Line]:
     """A line for each row of a known kind: `audit verify` and `audit query` against the
-    reference row's seconds, an `audit prove` from a proof index (its name holds "index")
-    against 50 ms. Missing rows give no line; a failed tool (non-zero exit) fails its line."""
+    reference row's seconds, an `audit prove` from a proof index (its name holds "with the
+    index") against 50 ms. Missing rows give no line; a failed tool (non-zero exit) fails its
+    line."""
     reference_name = next((n for n in results if n.startswith(REFERENCE_ROW)), None)
     base = results[reference_name]["seconds"] if reference_name else None
     lines = []
@@ -96,7 +97,7 @@ def auditor_lines(results: dict[str, dict[str, float]]) -> list[Line]:
             ratio = None if seconds is None else row.get("ratio") or seconds / base
             lines.append(Line(name, ratio, "x", limit, False,
                               f"{number(seconds, 's')} against sha256sum's {base:.2f} s"))
-        elif name.startswith("audit prove") and "index" in name:
+        elif name.startswith("audit prove") and "with the index" in name:
             lines.append(Line(name, None if seconds is None else seconds * 1000, "ms",
                               PROVE_SECONDS * 1000, False,
                               f"sha256sum's {base:.2f} s" if base else "-",

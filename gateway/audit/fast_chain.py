@@ -12,9 +12,11 @@ problem. It must never pass what the general verifier refuses. How it stays exac
   surrogates, NaN and integers past 64 bits fail to parse or to re-encode equal.
 - The seal: the hash and MAC cover the line without its `hash` and `mac` members, so those
   are cut out of the line's bytes (`,"hash":"<64 hex>"`) instead of encoding the record again.
-  In a canonical line `"hash":` can't occur inside a string (every `"` there is escaped); a
-  line with one object level holds each key once, and a line with nested objects must hold
-  `"hash":` and `"mac":` once, so the cut is the record's own member.
+  In a canonical line `"hash":` can't occur inside a string (every `"` there is escaped), and
+  in a line with one object level (one `{`: counted a chunk at a time) each key occurs once,
+  so the cut is the record's own member. A line with nested objects (an `audit.chain`
+  record's `previous`) is encoded as the general verifier encodes it, and its chain and seq
+  read as the fleet reads them (`grouping.chain_of`, `seq_of`).
 - Types: a field compared equal to a value already checked (`hash` to the digest computed,
   `prev` to the last hash, `chain` to the chain's first) has that value's form. Records other
   than plain ones (`audit.chain`, `audit.checkpoint`) go through the general verifier's own
@@ -230,24 +232,33 @@ class _Walk:
                         or type(stored) is not str or type(event) is not str
                         or type(record.get("ts")) is not str or record.get("chain") != chain):
                     raise GiveUp
-                if not flat and content.find(b"{", 1) >= 0 and (
-                        content.count(b'"hash":') != 1 or content.count(b'"mac":') > 1
-                        or content.count(b'"seq":') != 1 or content.count(b'"chain":') != 1
-                        or any(marker in content for marker in _IDENTITY_MARKERS)):
-                    raise GiveUp  # nested objects: the keys must still be the record's own
-                at = content.find(_HASH_KEY)
                 mac = record.get("mac", _ABSENT)
-                if at < 1 or content[at - 1] != 44:  # the "," before it
-                    raise GiveUp
+                if not flat and content.find(b"{", 1) >= 0:
+                    # Nested objects (an audit.chain's `previous`): the body is encoded as the
+                    # general verifier does, and chain and seq read as the fleet reads them.
+                    if grouping.chain_of(content) != chain or grouping.seq_of(content) != number:
+                        raise GiveUp
+                    body = audit_chain.canonical(audit_chain.body_of(record))
+                    if any(marker in content for marker in _IDENTITY_MARKERS):
+                        self.identity(record)
+                else:
+                    at = content.find(_HASH_KEY)
+                    if at < 1 or content[at - 1] != 44:  # the "," before it
+                        raise GiveUp
+                    if mac is _ABSENT:
+                        body = content[:at - 1] + content[at + 73:]
+                    else:
+                        cut = content.find(_MAC_KEY)
+                        if cut <= at or content[cut - 1] != 44:
+                            raise GiveUp
+                        body = (content[:at - 1] + content[at + 73:cut - 1]
+                                + content[cut + 72:])
+                    if event in _IDENTITY_EVENTS:
+                        self.identity(record)
                 if mac is _ABSENT:
                     if mac_ok is not None:
                         raise GiveUp
-                    body = content[:at - 1] + content[at + 73:]
                 else:
-                    cut = content.find(_MAC_KEY)
-                    if cut <= at or content[cut - 1] != 44:
-                        raise GiveUp
-                    body = content[:at - 1] + content[at + 73:cut - 1] + content[cut + 72:]
                     has_mac = True
                     if inner is None or outer is None or mac_ok is None:
                         if type(mac) is not str or not verify.is_hex64(mac):
@@ -273,8 +284,6 @@ class _Walk:
                         self.special(record, content)
                     else:
                         leaves.append(sha256(leaf_prefix + content).digest())
-                    if event in _IDENTITY_EVENTS:
-                        self.identity(record)
                 if wanted and seq in wanted and wanted[seq] != stored:
                     raise GiveUp
                 if each is not None:

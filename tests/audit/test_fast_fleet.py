@@ -225,14 +225,14 @@ def test_a_null_mac_or_a_mac_of_another_form_is_not_passed(tmp_path: Path) -> No
         assert "wrongly typed field 'mac'" in result[1]
 
 
-def test_a_record_with_a_nested_hash_key_is_left_to_the_general_path(tmp_path: Path) -> None:
-    # The cut must be the record's own "hash" member: with nested objects the one-pass path
-    # gives up rather than trust the first one it finds.
+def test_a_record_with_nested_hash_and_seq_keys_is_checked_in_one_pass_all_the_same(
+        tmp_path: Path) -> None:
+    # The cut must be the record's own members: a nested "hash" before them is not cut.
     chain = good_chain(3, 0)
-    body = {k: v for k, v in chain.records[2].items() if k not in ("hash", "mac")}
-    line = seal_as_is({**body, "details": {"a": 1, "hash": "0" * 64, "mac": "1" * 64}})
-    path = mutated(tmp_path, [*chain.lines[:2], line])
-    assert not answered_fast([path], tmp=tmp_path)
+    body = {k: v for k, v in chain.records[-1].items() if k not in ("hash", "mac")}
+    nested = {"a": 1, "hash": "0" * 64, "mac": "1" * 64, "seq": 9, "chain": "f" * 32}
+    path = mutated(tmp_path, [*chain.lines[:-1], seal_as_is({**body, "details": nested})])
+    assert answered_fast([path], tmp=tmp_path)
     assert same([path], tmp_path)[0] == 0
 
 
