@@ -29,6 +29,26 @@ RESTART_MAX = 30.0
 CLOSE_SECONDS = 6.0  # the worker's own drain (5 s) and a little more
 
 
+def log_report(event: dict[str, Any]) -> None:
+    """The gateway's log line for a worker's report (the worker itself logs nothing)."""
+    upload = event.get("upload")
+    if "unavailable" in event:
+        log.error("audit.archive_unavailable", problem=str(event["unavailable"]))
+    elif upload == "conflict":
+        log.error("audit.archive_conflict", object_problem=event.get("problem"),
+                  chain=event.get("chain"))
+    elif upload == "failure":
+        log.warning("audit.archive_failed", problem=event.get("problem"),
+                    chain=event.get("chain"), retry_in=event.get("retry_in"),
+                    failures=event.get("failures"))
+    elif event.get("resumed"):
+        log.info("audit.archive_resumed", chain=event.get("chain"),
+                 archived_seq=event.get("archived"))
+    elif "archived" in event:
+        log.info("audit.archived", chain=event.get("chain"), object=event.get("object"),
+                 archived_seq=event.get("archived"), outcome=event.get("outcome"))
+
+
 class Archiver:
     def __init__(
         self, url: str, audit_path: str, *,
@@ -146,6 +166,7 @@ class Archiver:
                 self._take(report)
 
     def _take(self, report: dict[str, Any]) -> None:
+        log_report(report)
         chain, archived = report.get("chain"), report.get("archived")
         if isinstance(chain, str) and isinstance(archived, int):
             if archived > self._archived.get(chain, 0):

@@ -2,8 +2,9 @@
 
 The gateway starts it when `audit.archive` is set and talks to it over two pipes, one JSON
 object a line: on its stdin `{"chain", "seq"}` (records of the chain are durable up to seq),
-on its stdout what happened (`gateway.audit.archive.uploader` reports). Its logs go to the
-stderr it shares with the gateway.
+on its stdout what happened (`gateway.audit.archive.uploader` reports, and `{"unavailable"}`
+when the archive can't be opened), which the gateway logs. It imports no logging library:
+structlog alone would double its memory, which counts against the pod's with the gateway's.
 
 A process of its own, not a thread: the object-store client (and its TLS and async runtime)
 costs ~10 MiB and ~50 ms to import, which the gateway's 60 MiB budget has no room for; and
@@ -22,31 +23,15 @@ import sys
 import time
 from typing import Any
 
-import structlog
-
 from gateway.audit.archive import opening, store
 from gateway.audit.archive.location import BadArchiveUrl
 from gateway.audit.archive.segments import LocalLines
 from gateway.audit.archive.uploader import Uploader
-from gateway.telemetry import logs
 
 DRAIN_SECONDS = 5.0
-log = structlog.get_logger("gateway.audit.archive")
 
 
 def _report(event: dict[str, Any]) -> None:
-    upload = event.get("upload")
-    if upload == "conflict":
-        log.error("audit.archive_conflict", object_problem=event["problem"],
-                  chain=event["chain"])
-    elif upload == "failure":
-        log.warning("audit.archive_failed", problem=event["problem"], chain=event["chain"],
-                    retry_in=event["retry_in"], failures=event["failures"])
-    elif event.get("resumed"):
-        log.info("audit.archive_resumed", chain=event["chain"], archived_seq=event["archived"])
-    elif "archived" in event:
-        log.info("audit.archived", chain=event["chain"], object=event["object"],
-                 archived_seq=event["archived"], outcome=event["outcome"])
     sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
@@ -84,7 +69,7 @@ def run(audit_path: str, archive_url: str) -> int:
     try:
         archive = opening.open_store(archive_url)
     except (BadArchiveUrl, store.StoreError) as exc:
-        log.error("audit.archive_unavailable", problem=str(exc))
+        _report({"unavailable": str(exc)})
         return 2
     local = LocalLines(audit_path)
     uploader = Uploader(archive, local, _report)
@@ -122,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-path", required=True)
     parser.add_argument("--archive", required=True)
     args = parser.parse_args(argv)
-    logs.configure(json_output=True)
     try:
         return run(args.audit_path, args.archive)
     except KeyboardInterrupt:
