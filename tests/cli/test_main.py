@@ -324,3 +324,10 @@ def test_audit_verify_on_a_missing_path_exits_2(tmp_path: Path) -> None:
 def test_audit_verify_without_a_path_exits_2() -> None:
     result = run("audit", "verify")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_the_query_formats_offered_are_the_ones_query_writes() -> None:
+    from gateway.audit import query
+    from gateway.cli import audit_fleet
+
+    assert audit_fleet.FORMATS == query.FORMATS

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DIGITS = 20
 _SEGMENT = re.compile(r"([0-9a-f]{32})/([0-9]{20})-([0-9]{20})\.jsonl")
@@ -25,8 +25,7 @@ class BadArchiveUrl(ValueError):
     """An `audit.archive` value (or a PATH argument) that is not an archive URL."""
 
 
-@dataclass(frozen=True)
-class ArchiveUrl:
+class ArchiveUrl(NamedTuple):
     scheme: str  # "file" or "s3"
     bucket: str  # empty for file://
     prefix: str  # the folder (file://) or the key prefix, without a trailing "/"
@@ -70,8 +69,7 @@ def checkpoint_name(chain: str, tree_size: int) -> str:
     return f"{chain}/checkpoints/{tree_size:0{DIGITS}d}"
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     chain: str
     first: int
     last: int

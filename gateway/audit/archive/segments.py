@@ -16,7 +16,7 @@ import glob
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CHECKPOINT_EVENT = "audit.checkpoint"
 _ROTATED_DIGITS = 6
@@ -28,8 +28,7 @@ class SegmentError(Exception):
     """The local files do not hold the records asked for as one chain (logged, retried)."""
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     chain: str
     first: int
     last: int
@@ -39,8 +38,7 @@ class Segment:
     tree_size: int
 
 
-@dataclass(frozen=True)
-class _Start:
+class _Start(NamedTuple):
     chain: str | None
     seq: int
 
