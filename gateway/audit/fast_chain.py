@@ -178,7 +178,6 @@ class _Walk:
         self.needles = needles
         self.instance: str | None = None
         self.origin: str | None = None
-        self.macs_unchecked = False
 
     def special(self, record: dict[str, Any], content: bytes) -> None:
         """A record the general verifier's functions check: the first, `audit.chain`,

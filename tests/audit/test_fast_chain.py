@@ -240,11 +240,11 @@ def test_an_audit_chain_record_of_the_wrong_shape_is_not_passed(tmp_path: Path) 
 
 def test_notes_signed_for_another_origin_than_the_chain_says_are_not_passed(
         tmp_path: Path) -> None:
-    builder = chain_of(origin="audit.example/a")
-    records = [dict(r) for r in builder.records]
-    records[0]["origin"] = "audit.example/b"
-    assert walk(builder, tmp_path, lines=reseal(records, mac_key=MAC_KEY,
-                                                fix_roots=True)) is None
+    builder = ChainBuilder(signer=SIGNER, origin="audit.example/b")
+    builder.tree.origin = "audit.example/a"  # the notes name another origin than audit.chain
+    builder.cancels(12, checkpoint_every=5)
+    assert walk(builder, tmp_path, verifiers=[]) is not None  # (notes unchecked: no key)
+    assert walk(builder, tmp_path) is None
 
 
 def test_signed_checkpoints_given_are_held_only_by_the_chain_of_their_origin(
@@ -306,3 +306,44 @@ def test_first_record_reads_the_chain_and_seq_and_nothing_else(tmp_path: Path) -
 
 def anchor(text: str, name: str) -> tree_check.Anchor:
     return verify.anchor_from_note(name, text.encode(), [SIGNER.verifier])
+
+
+def test_tiny_float_reads_the_character_before_a_token_and_nothing_outside_the_text() -> None:
+    assert fast_chain.tiny_float(b":0.00001")
+    assert fast_chain.tiny_float(b":-0.00001")
+    assert fast_chain.tiny_float(b":1e-5,")
+    assert not fast_chain.tiny_float(b"0.00001,")
+    assert not fast_chain.tiny_float(b"1e-5,")
+    assert not fast_chain.tiny_float(b'{"a":"x0.00001"}')
+    assert not fast_chain.tiny_float(b'{"a":[3,-5,1]}')
+    assert fast_chain.tiny_float(b'{"a":[3,-5],"b":1e-7}')
+    assert not fast_chain.tiny_float(b'[":xe-5,"]')
+    assert not fast_chain.tiny_float(b'[":e-5,"]')
+
+
+def test_a_chain_without_an_instance_or_an_origin_gets_none_and_the_default(
+        tmp_path: Path) -> None:
+    builder = chain_of(instance="")
+    passed = walk(builder, tmp_path)
+    assert passed is not None and passed.instance is None
+    bare = ChainBuilder(signer=None)
+    bare.records, bare.lines = [], []
+    for n in range(3):
+        bare.add({"ts": "2025-03-01T12:00:00.000Z", "event": "cancel.result", "n": n})
+    passed = walk(bare, tmp_path)
+    assert passed is not None
+    assert passed.origin == f"chroma-sync-gateway/{bare.chain}" and passed.instance is None
+
+
+def test_a_nested_chain_key_that_the_fleet_would_read_first_is_not_passed(
+        tmp_path: Path) -> None:
+    builder = chain_of()
+    lines = resealed_last(builder, lambda b: b.update(batch={"chain": "f" * 32}))
+    assert walk(builder, tmp_path, lines=lines) is None
+
+
+def test_only_identity_records_name_the_instance(tmp_path: Path) -> None:
+    builder = chain_of(instance="pod-a")
+    lines = resealed_last(builder, lambda b: b.update(instance="mallory", details={"x": 1}))
+    passed = walk(builder, tmp_path, lines=lines)
+    assert passed is not None and passed.instance == "pod-a"
