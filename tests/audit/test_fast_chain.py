@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.audit import chain as audit_chain
 from gateway.audit import fast_chain, note, tree_check, verify
-from tests.audit.signed_logs import MAC_KEY, ChainBuilder, reseal
+from tests.audit.signed_logs import MAC_KEY, ChainBuilder
 
 
 def orjson_canonical(value: object) -> bytes:
