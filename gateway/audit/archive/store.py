@@ -13,7 +13,6 @@ answer); by other bytes, `Conflict`: nothing is written, and the caller reports 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Literal, Protocol
 
@@ -69,7 +68,7 @@ class FileStore:
             os.makedirs(folder, exist_ok=True)
             # Written under a hidden temporary name, made durable, then linked into place:
             # `link` fails if the name exists (no overwrite), and a reader never sees half.
-            temp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+            temp = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
             try:
                 view = memoryview(data)

@@ -15,7 +15,6 @@ to `DRAIN_SECONDS`, then exits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import selectors
@@ -102,13 +101,18 @@ def run(audit_path: str, archive_url: str) -> int:
             selector.select(wait)
 
 
+USAGE = "usage: python -m gateway.audit.archive.worker --audit-path PATH --archive URL"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.audit.archive.worker")
-    parser.add_argument("--audit-path", required=True)
-    parser.add_argument("--archive", required=True)
-    args = parser.parse_args(argv)
+    # The gateway starts it with exactly these two options; argparse would cost memory.
+    given = sys.argv[1:] if argv is None else argv
+    options = dict(zip(given[::2], given[1::2], strict=False))
+    if len(given) != 4 or set(options) != {"--audit-path", "--archive"}:
+        print(USAGE, file=sys.stderr)
+        return 2
     try:
-        return run(args.audit_path, args.archive)
+        return run(options["--audit-path"], options["--archive"])
     except KeyboardInterrupt:
         return 0
 

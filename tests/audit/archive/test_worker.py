@@ -4,8 +4,11 @@ a real S3 API on loopback behind a proxy that can take the store away."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -123,3 +126,31 @@ def test_at_close_the_worker_puts_what_is_due_then_exits(tmp_path: Path) -> None
     assert took < 5
     segment = tmp_path / "archive" / log.chain / f"{1:020d}-{cp:020d}.jsonl"
     assert segment.read_bytes() == log.text(1, cp)
+
+
+def test_the_worker_takes_exactly_its_two_options_and_says_so_in_one_line(
+        tmp_path: Path) -> None:
+    for argv in ([], ["--archive", "file:///x"], ["--audit-path", "a", "--archive", "b", "c"],
+                 ["--audit-path", "a", "--bogus", "b"]):
+        done = subprocess.run([sys.executable, "-m", "gateway.audit.archive.worker", *argv],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, argv
+        assert done.stderr.count("\n") == 1 and "usage:" in done.stderr
+
+
+def test_a_bad_archive_url_is_reported_for_the_gateway_to_log(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "gateway.audit.archive.worker", "--archive",
+                           "ftp://nowhere/x", "--audit-path", str(tmp_path / "audit.jsonl")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr == ""
+    report = json.loads(done.stdout)
+    assert set(report) == {"unavailable"} and "ftp" in report["unavailable"]
+
+
+def test_the_worker_loads_no_logging_library() -> None:
+    code = ("import sys, gateway.audit.archive.worker as w; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('structlog', 'logging', 'argparse', 'dataclasses')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout.strip() == "[]", done.stdout
