@@ -45,8 +45,8 @@ def hook(out_path: str) -> None:
     """In the gateway process: wrap the steps, write the notes at exit."""
     from gateway.audit import files as audit_files
     from gateway.audit import writer as audit
-    from gateway.server import app
     from gateway.server import protocol as server
+    from gateway.server import router
     from gateway.upstream import transport
 
     notes: list[tuple[str, float, int]] = []
@@ -70,14 +70,14 @@ def hook(out_path: str) -> None:
 
     server.GatewayHttpProtocol.data_received = data_received  # type: ignore[method-assign]
 
-    called = app.Gateway.__call__
+    called = router.Router.__call__  # what the server is handed
 
     async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
         note("app")
         await called(self, scope, receive, send)
         note("done")
 
-    app.Gateway.__call__ = call  # type: ignore[method-assign]
+    router.Router.__call__ = call  # type: ignore[method-assign]
 
     written = audit.AuditLog.write
 
