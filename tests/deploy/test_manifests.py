@@ -747,6 +747,49 @@ def test_dockerfile_creates_audit_dir_owned_by_the_gateway_user() -> None:
     assert re.search(rf"install -d -o {GATEWAY_UID} -g {GATEWAY_UID} .*{AUDIT_DIR}", runs)
 
 
+LOCKED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.M)
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_locked_packages() -> set[str]:
+    """The packages pinned by the lock files the image's RUN steps install (`-r FILE`)."""
+    runs = " ".join(dockerfile_args("RUN"))
+    locks = {ROOT / Path(name).name for name in re.findall(r"-r\s+(\S+)", runs)}
+    assert locks, "the Dockerfile installs from no lock file"
+    return {normalized(m) for lock in locks for m in LOCKED.findall(lock.read_text())}
+
+
+def extra_packages(extra: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"][extra]
+    return {normalized(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0]) for req in requirements}
+
+
+def check_image_has_what_configs_need(configs: dict[str, dict[str, Any]],
+                                      locked: set[str]) -> None:
+    """A config that archives to S3 needs the `s3` extra in the image, or the archive's
+    process reports it unavailable at start and nothing leaves the pod."""
+    for name, config in configs.items():
+        if str(config.get("audit", {}).get("archive", "")).startswith("s3://"):
+            missing = extra_packages("s3") - locked
+            assert not missing, f"{name} archives to S3; the image's lock lacks {missing}"
+
+
+def test_image_installs_the_s3_extra_the_overlays_archive_with() -> None:
+    configs = {overlay: gateway_config(overlay) for overlay in OVERLAYS}
+    assert any(str(c["audit"].get("archive", "")).startswith("s3://") for c in configs.values())
+    check_image_has_what_configs_need(configs, image_locked_packages())
+
+
+def test_image_check_fails_when_the_lock_lacks_the_s3_extra() -> None:
+    configs = {"overlays/sidecar": gateway_config("overlays/sidecar")}
+    with pytest.raises(AssertionError, match="obstore"):
+        check_image_has_what_configs_need(configs, image_locked_packages() - {"obstore"})
+
+
 @pytest.mark.parametrize(
     "snippet",
     [
