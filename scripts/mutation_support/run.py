@@ -58,6 +58,10 @@ TARGETS: dict[str, Target] = {
         "tests/access/test_limits.py", "tests/server/test_app.py")),
     "fast_chain": Target("gateway/audit/fast_chain.py", (
         "tests/audit/test_fast_chain.py", "tests/audit/test_fast_fleet.py")),
+    "fast_fleet": Target("gateway/audit/fast_fleet.py", (
+        "tests/audit/test_fast_fleet.py", "tests/audit/test_fleet.py")),
+    "row_runs": Target("gateway/audit/row_runs.py", (
+        "tests/audit/test_row_runs.py", "tests/audit/test_query.py")),
     "bulk_body": Target("gateway/cancel/bulk_request.py", ("tests/cancel/test_bulk.py",), (
         "parse_request", "_unique_keys", "_refuse_constant", "_shown")),
 }
