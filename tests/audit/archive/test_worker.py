@@ -128,8 +128,7 @@ def test_at_close_the_worker_puts_what_is_due_then_exits(tmp_path: Path) -> None
     assert segment.read_bytes() == log.text(1, cp)
 
 
-def test_the_worker_takes_exactly_its_two_options_and_says_so_in_one_line(
-        tmp_path: Path) -> None:
+def test_the_worker_takes_exactly_its_two_options_and_says_so_in_one_line() -> None:
     for argv in ([], ["--archive", "file:///x"], ["--audit-path", "a", "--archive", "b", "c"],
                  ["--audit-path", "a", "--bogus", "b"]):
         done = subprocess.run([sys.executable, "-m", "gateway.audit.archive.worker", *argv],
