@@ -73,7 +73,7 @@ def results(items: Sequence[inputs.Input], checks: Checks, outcome: Outcome, *, 
     if not chains or (len(chains) > 1 and checks.checkpoints):
         return None  # (the general path refuses --checkpoint SEQ:HASH over several chains)
     try:
-        wanted = verify.checkpoint_map(checks.checkpoints) if len(chains) == 1 else {}
+        wanted = verify.checkpoint_map(checks.checkpoints)  # one chain's, or none
     except ValueError:
         return None
     work = [_Job(files, checks, wanted, filters, rows_folder) for files in chains]

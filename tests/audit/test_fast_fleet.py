@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit import chain as audit_chain
 from gateway.audit import fast_fleet, inputs, note
 from gateway.audit.query import Filters, parse_time
-from gateway.audit.verify_fleet import options_from, outcome_of, verify_inputs
+from gateway.audit.verify_fleet import Usage, options_from, outcome_of, verify_inputs
 from tests.audit.signed_logs import MAC_KEY, ChainBuilder, reseal
 
 SIGNER = note.generate_key("audit.example/fast")
@@ -332,3 +333,96 @@ def _edit(lines: list[bytes], edit: str, rng: random.Random) -> list[bytes]:
     elif edit == "newline":
         line = line.replace(b"\n", b"\r\n")
     return [*lines[:i], line, *lines[i + 1:]]
+
+
+# -- what the one-pass path hands on ---------------------------------------------------------
+
+
+def fast_checks(tmp: Path, checkpoints: Sequence[str] = ()) -> fast_fleet.Checks:
+    key_file = tmp / "hmac.key"
+    key_file.write_bytes(MAC_KEY)
+    options = options_from([str(key_file)], list(checkpoints), False, [VKEY])
+    return fast_fleet.Checks(options.hmac_keys, options.checkpoints, options.verifiers,
+                             options.anchors)
+
+
+def test_a_chains_result_is_keyed_and_labelled_by_its_chain_id(tmp_path: Path) -> None:
+    chain = good_chain(instance="pod-7")
+    log = chain.write(tmp_path / "audit.jsonl")
+    found = fast_fleet.results(inputs.expand([str(log)]), fast_checks(tmp_path), outcome_of,
+                               jobs=1, filters=None)
+    assert found is not None and len(found) == 1
+    result = found[0]
+    chain_id = chain.records[0]["chain"]
+    assert (result.key, result.label, result.instance, result.ok) == (
+        chain_id, chain_id, "pod-7", True)
+
+
+def test_a_signed_note_given_as_a_file_is_left_to_the_general_path(tmp_path: Path) -> None:
+    log = good_chain().write(tmp_path / "audit.jsonl")
+    as_note = inputs.Input(str(log), lambda: open(log, "rb"), note=True)
+    assert fast_fleet.plan([as_note]) is None
+    assert fast_fleet.plan([inputs.Input(str(log), lambda: open(log, "rb"))]) is not None
+
+
+def test_a_seq_hash_checkpoint_over_two_chains_is_left_to_the_general_path(
+        tmp_path: Path) -> None:
+    first = good_chain(instance="pod-1")
+    paths = [first.write(tmp_path / "a.jsonl"),
+             good_chain(instance="pod-2").write(tmp_path / "b.jsonl")]
+    record = first.records[5]
+    checks = fast_checks(tmp_path, [f"{record['seq']}:{record['hash']}"])
+    items = inputs.expand([str(p) for p in paths])
+    assert fast_fleet.results(items, checks, outcome_of, jobs=1, filters=None) is None
+    # The general path refuses it, as a usage error naming why.
+    with pytest.raises(Usage, match="names a record of one chain"):
+        run(paths, tmp_path, fast=False, checkpoints=[f"{record['seq']}:{record['hash']}"])
+
+
+def test_query_rows_past_the_memory_limit_go_to_runs_in_the_rows_folder(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    from gateway.audit import query, row_runs
+
+    monkeypatch.setattr(query, "RowRuns", lambda folder: row_runs.RowRuns(folder, limit=3))
+    log = good_chain(40, 9).write(tmp_path / "audit.jsonl")
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    items = inputs.expand([str(log)])
+    found = fast_fleet.results(items, fast_checks(tmp_path), outcome_of, jobs=1,
+                               filters=Filters(), rows_folder=str(folder))
+    assert found is not None
+    rows = found[0].rows
+    assert len(rows.runs) >= 5 and all(Path(run).parent == folder for run in rows.runs)
+    in_order = [(ts, seq) for ts, _, seq, _ in rows.sorted()]
+    assert len(in_order) >= 15 and in_order == sorted(in_order)
+
+
+
+@pytest.mark.parametrize(("chains", "jobs", "forked"), [
+    (3, 1, False), (1, 2, False), (2, 2, True), (3, 2, True)])
+def test_jobs_check_chains_in_worker_processes_only_when_there_are_several(
+        tmp_path: Path, monkeypatch: Any, chains: int, jobs: int, forked: bool) -> None:
+    import os
+
+    from gateway.audit import fast_chain
+
+    where = tmp_path / "pids"
+    real = fast_chain.check
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        with open(where, "a") as out:  # forked workers inherit this patch
+            out.write(f"{os.getpid()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_chain, "check", noting)
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    for n in range(chains):
+        good_chain(12, 5, instance=f"pod-{n}").write(folder / f"pod-{n}.jsonl")
+    found = fast_fleet.results(inputs.expand([str(folder)]), fast_checks(tmp_path), outcome_of,
+                               jobs=jobs, filters=None)
+    assert found is not None and len(found) == chains
+    pids = where.read_text().split()
+    assert len(pids) == chains
+    assert (str(os.getpid()) not in pids) == forked
+    assert len(set(pids)) <= jobs

@@ -78,3 +78,24 @@ def test_a_query_spilling_runs_prints_what_an_in_memory_one_prints(
     assert query() == in_memory
     assert in_memory.count("\r\n") == 1 + 3 * 40
     assert spilled and not Path(spilled[0]).exists()  # the run files went with their folder
+
+
+def test_rows_are_ordered_by_time_chain_and_seq_alone_and_never_compared(
+        tmp_path: Path) -> None:
+    # Columns may hold None beside strings: sorting must never fall through to the row itself.
+    tie = (T0, "a", 1)
+    runs = RowRuns(str(tmp_path), limit=2)
+    for row in ((None, 1), ("x", 2), (None, 3), ("y", 4), (None, 5)):
+        runs.add((*tie, row))
+    other = RowRuns(None)
+    other.add((T0, "a", 1, ("z", 6)))
+    rows = [row for *_, row in merged([runs.rows, other.rows])]
+    assert sorted(rows, key=lambda row: row[1]) == [
+        (None, 1), ("x", 2), (None, 3), ("y", 4), (None, 5), ("z", 6)]
+
+
+def test_rows_kept_in_memory_with_equal_keys_are_never_compared() -> None:
+    runs = RowRuns(None)
+    for row in ((None, 1), ("x", 2), (None, 3)):
+        runs.add((T0, "a", 1, row))
+    assert sorted(row[1] for *_, row in runs.rows.sorted()) == [1, 2, 3]
