@@ -8,6 +8,8 @@ times each tool as its own process, one core, the file in the page cache:
 
 - `sha256sum` of the file: the reference (reading and hashing the bytes once);
 - `audit verify` with the HMAC key and the public key: every check;
+- the same with the file on stdin, which takes the general way (what archives, gzip files and
+  container logs take: spilled per chain, put in order, then checked);
 - `audit query --team ... --format csv`;
 - `audit prove` of a record in the middle, from the file alone, making a proof index
   (`--index`: what a first proof costs), and with the index.
@@ -77,13 +79,14 @@ def write_chain(folder: Path, records: int) -> Path:
     return path
 
 
-def timed(argv: list[str]) -> tuple[float, float, int, str]:
+def timed(argv: list[str], stdin: Path | None = None) -> tuple[float, float, int, str]:
     """Wall seconds, peak RSS (MiB, from GNU time if installed), exit status and stdout's last
     line of one child. (A child's own rusage would count the parent it was forked from.)"""
     gnu_time = shutil.which("time", path="/usr/bin")
     started = time.perf_counter()
-    done = subprocess.run([gnu_time, "-f", "%M", *argv] if gnu_time else argv,
-                          capture_output=True)
+    with open(stdin or os.devnull, "rb") as given:
+        done = subprocess.run([gnu_time, "-f", "%M", *argv] if gnu_time else argv,
+                              stdin=given, capture_output=True)
     wall = time.perf_counter() - started
     err = done.stderr.decode(errors="replace").strip().splitlines()
     peak = int(err.pop()) / 1024 if gnu_time and err and err[-1].isdigit() else float("nan")
@@ -118,6 +121,9 @@ def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
         "sha256sum (reference)": ["sha256sum", str(path)],
         "audit verify (MACs, notes)": [*audit, "verify", str(path), "--hmac-key-file",
                                        str(folder / "hmac.key"), "--public-key", public],
+        "audit verify - (stdin: the general way)": [
+            *audit, "verify", "-", "--hmac-key-file", str(folder / "hmac.key"),
+            "--public-key", public],
         "audit query --team --format csv": [*audit, "query", str(path), "--team", "search",
                                             "--format", "csv", "--hmac-key-file",
                                             str(folder / "hmac.key"), "--public-key", public],
@@ -131,11 +137,11 @@ def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     reference = None
     for name, argv in runs.items():
-        wall, peak, code, _ = timed(argv)
+        wall, peak, code, _ = timed(argv, path if "-" in argv else None)
         reference = reference or wall
         results[name] = {"seconds": round(wall, 3), "ratio": round(wall / reference, 2),
                          "peak_rss_mib": round(peak, 1), "exit": code}
-        print(f"{name:36s} {wall:7.3f} s  {wall / reference:6.2f}x  peak RSS {peak:5.0f} MiB"
+        print(f"{name:40s} {wall:7.3f} s  {wall / reference:6.2f}x  peak RSS {peak:5.0f} MiB"
               f"{'' if code == 0 else f'  (exit {code})'}")
     return results
 

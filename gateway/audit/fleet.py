@@ -34,7 +34,8 @@ from gateway.audit.row_runs import Rows
 
 _INDEX = struct.Struct("<IQ")  # input index, line number: where line N of the copy came from
 _BUFFER = 256 * 1024
-_IDENTITY_EVENTS = (b'"event":"audit.chain"', b'"event":"audit.opened"')
+_CHAIN_EVENT, _OPENED_EVENT = b'"event":"audit.chain"', b'"event":"audit.opened"'
+"""The records that name the chain's instance and origin."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def verify_chain(job: ChainJob, check: SingleChainVerify) -> ChainResult:
                 out.write(item.line)
                 where.write(_INDEX.pack(item.source, item.lineno))
                 head = item.seq
-                if any(marker in item.line for marker in _IDENTITY_EVENTS):
+                if _CHAIN_EVENT in item.line or _OPENED_EVENT in item.line:
                     named, found = _identity(item.line)
                     instance = named or instance
                     origin = found or origin

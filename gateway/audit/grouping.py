@@ -57,6 +57,10 @@ class Problem:
 
 def seq_of(line: bytes) -> int:
     """The record's own seq read from its canonical line (0 when it has none)."""
+    if line.count(b'"seq":') == 1:  # the usual line: one match or none, found without a scan
+        at = line.find(b'"seq":')
+        match = _SEQ.match(line, at - 1) if at > 0 else None
+        return int(match[1]) if match else 0
     found = _SEQ.findall(line)
     return int(found[-1]) if found else 0
 

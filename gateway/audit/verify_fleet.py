@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from gateway.audit import fast_fleet, fleet, grouping, inputs, query, row_runs, verify
+from gateway.audit import fast_chain, fast_fleet, fleet, grouping, inputs, query, row_runs, verify
 from gateway.audit.archive import location
+from gateway.audit.chain_tree import CHAIN_ID
 from gateway.secrets.sources import InvalidSecret, load_hmac_key
 
 
@@ -109,8 +110,10 @@ def outcome_of(result: verify.VerifyOk) -> fleet.ChainOutcome:
     return fleet.ChainOutcome(True, text, 0, tuple(warnings))
 
 
-def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
-    """The single-chain verifier, as `fleet` calls it on each chain's ordered copy."""
+def single_chain(options: Options, several: bool, one_pass: bool = True
+                 ) -> fleet.SingleChainVerify:
+    """The single-chain verifier, as `fleet` calls it on each chain's ordered copy. `one_pass`:
+    a whole, good copy is checked by `fast_chain` first (False: by the verifier alone)."""
 
     def check(copy: str, job: fleet.ChainJob, origin: str | None) -> fleet.ChainOutcome:
         anchors = [a for a in options.anchors if a.checkpoint.origin == origin]
@@ -121,8 +124,12 @@ def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
                                                            options.verifiers))
                 except ValueError as exc:
                     return fleet.ChainOutcome(False, f"checkpoint object {exc}")
+        checkpoints = () if several else options.checkpoints
+        quick = _one_pass(copy, job.key, options, checkpoints, anchors) if one_pass else None
+        if quick is not None:
+            return outcome_of(quick)
         result = verify.verify([copy], hmac_keys=options.hmac_keys,
-                               checkpoints=() if several else options.checkpoints,
+                               checkpoints=checkpoints,
                                allow_partial=options.allow_partial,
                                verifiers=options.verifiers, anchors=anchors)
         if isinstance(result, verify.VerifyFailure):
@@ -130,6 +137,25 @@ def single_chain(options: Options, several: bool) -> fleet.SingleChainVerify:
         return outcome_of(result)
 
     return check
+
+
+def _one_pass(copy: str, key: str, options: Options, checkpoints: Sequence[tuple[int, str]],
+              anchors: Sequence[Any]) -> verify.VerifyOk | None:
+    """The chain's ordered copy checked in one pass (`fast_chain`), when it is whole and
+    good; None: the single-log verifier decides, and names any problem."""
+    if key.startswith("log:") or not CHAIN_ID.fullmatch(key):
+        return None  # an earlier version's log: no chain to hold its records to
+    try:
+        wanted = verify.checkpoint_map(checkpoints)
+    except ValueError:
+        return None
+    passed = fast_chain.check(fast_chain.ChainFiles(key, (copy,)), keys=options.hmac_keys,
+                              verifiers=options.verifiers, anchors=anchors, wanted=wanted)
+    # The walk holds the chain to the anchors of its own origin only; the verifier reports
+    # one of another origin, so such a chain is left to it.
+    if passed is None or any(a.checkpoint.origin != passed.origin for a in anchors):
+        return None
+    return passed.ok
 
 
 @dataclass
@@ -143,7 +169,8 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
                   verb: str, check_chains: bool = True, fast: bool = True,
                   rows_folder: str | None = None) -> Verified:
     """Read, verify and report (one line per chain on `out`, unless querying). `fast`: try
-    `fast_fleet` first (False: the general path only, which tests hold it to)."""
+    `fast_fleet` first, and `fast_chain` on each chain's ordered copy (False: the single-log
+    verifier alone, which tests hold the one-pass checks to)."""
     try:
         items = inputs.expand(paths, stdin=stdin)
     except inputs.InputError as exc:
@@ -168,7 +195,7 @@ def verify_inputs(paths: Sequence[str], options: Options, *, jobs: int, out: Tex
             if several and options.checkpoints:
                 raise Usage("--checkpoint SEQ:HASH names a record of one chain; these inputs "
                             f"hold {len(keys)}: verify that chain's files on their own")
-            results = fleet.verify_chains(read, single_chain(options, several), jobs=jobs,
+            results = fleet.verify_chains(read, single_chain(options, several, fast), jobs=jobs,
                                           filters=filters, check_chains=check_chains,
                                           rows_folder=rows_folder)
         finally:

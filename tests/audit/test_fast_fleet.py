@@ -3,6 +3,7 @@ says: on good chains (where it answers) and on every kind of bad one (where it m
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import io
@@ -426,3 +427,40 @@ def test_jobs_check_chains_in_worker_processes_only_when_there_are_several(
     assert len(pids) == chains
     assert (str(os.getpid()) not in pids) == forked
     assert len(set(pids)) <= jobs
+
+
+# -- the general way's ordered copy: checked in one pass too, with the same answers ----------
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(_EDITS, st.integers(0, 10**6)), min_size=1, max_size=3))
+def test_any_edits_read_the_general_way_get_the_verifiers_answer(
+        tmp_path: Path, edits: list[tuple[str, int]]) -> None:
+    lines = list(_CHAIN.lines)
+    for edit, seed in edits:
+        lines = _edit(lines, edit, random.Random(seed))
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = folder / "audit.jsonl.gz"  # gzip: never the one-pass planner's
+    path.write_bytes(gzip.compress(b"".join(lines)))
+    same([path], folder)
+
+
+def test_a_good_chain_read_the_general_way_is_checked_in_one_pass(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    from gateway.audit import fast_chain
+
+    answered = []
+    real = fast_chain.check
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        answered.append(real(*args, **kwargs))
+        return answered[-1]
+
+    monkeypatch.setattr(fast_chain, "check", noting)
+    lines = good_chain(30, 7).lines
+    shipped = tmp_path / "shipped.jsonl.gz"  # shipped twice over, compressed
+    shipped.write_bytes(gzip.compress(b"".join(lines[:20] + lines[10:])))
+    status, out, err, _ = same([shipped], tmp_path)
+    assert status == 0 and f"ok: {len(lines)} records" in out and err == ""
+    assert answered and all(passed is not None for passed in answered)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit import grouping
 from gateway.audit.grouping import Entry, Grouping, Problem, ordered
@@ -56,6 +59,26 @@ def test_the_record_seq_is_read_past_a_nested_one() -> None:
     assert grouping.seq_of(line) == 1
     assert grouping.chain_of(line) == "a" * 32
     assert grouping.seq_of(b'{"note":"a \\",\\"seq\\":9"}\n') == 0  # inside a string
+
+
+def _seq_by_scanning(line: bytes) -> int:
+    found = re.findall(rb'[{,]"seq":([0-9]{1,19})[,}]', line)
+    return int(found[-1]) if found else 0
+
+
+@given(st.lists(st.sampled_from([b'{', b'}', b',', b'"seq":', b'"head_seq":', b'7', b'12',
+                                 b'"x"', b'\\"seq\\":3', b'-1', b'1.5', b' ', b'"seq"']),
+                max_size=12))
+def test_the_seq_read_is_the_last_one_a_scan_of_the_line_finds(parts: list[bytes]) -> None:
+    line = b"".join(parts)
+    assert grouping.seq_of(line) == _seq_by_scanning(line)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"seq":1,"seq":2}', b'"seq":5}', b'{"seq":05,', b'{"seq":1e3}', b'{"seq":' + b"9" * 20 + b'}',
+    b'{"head_seq":4,"seq":3}', b'{"a":{"seq":2},"seq":9}\n'])
+def test_the_seq_of_awkward_lines_is_the_scans(line: bytes) -> None:
+    assert grouping.seq_of(line) == _seq_by_scanning(line)
 
 
 def test_a_gap_and_a_conflict_are_named(tmp_path: Path) -> None:
