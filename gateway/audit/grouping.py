@@ -80,7 +80,6 @@ class Grouping:
         self._paths: dict[str, str] = {}
         self._last_seq: dict[str, int] = {}
         self.unsorted: set[str] = set()  # chains whose lines did not come in seq order
-        self.counts: dict[str, int] = {}
 
     def source(self, name: str) -> int:
         self.sources.append(name)
@@ -111,7 +110,6 @@ class Grouping:
         self._last_seq[key] = seq
         spill.write(_HEADER.pack(source, lineno, seq, len(line)))
         spill.write(line)
-        self.counts[key] = self.counts.get(key, 0) + 1
         return key
 
     def keys(self) -> list[str]:

@@ -62,6 +62,8 @@ TARGETS: dict[str, Target] = {
         "tests/audit/test_fast_fleet.py", "tests/audit/test_fleet.py")),
     "row_runs": Target("gateway/audit/row_runs.py", (
         "tests/audit/test_row_runs.py", "tests/audit/test_query.py")),
+    "grouping": Target("gateway/audit/grouping.py", (
+        "tests/audit/test_grouping.py", "tests/audit/test_fleet.py")),
     "bulk_body": Target("gateway/cancel/bulk_request.py", ("tests/cancel/test_bulk.py",), (
         "parse_request", "_unique_keys", "_refuse_constant", "_shown")),
 }

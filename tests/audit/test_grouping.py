@@ -118,3 +118,13 @@ def test_more_chains_than_open_files_are_spilled_all_the_same(
         assert not group.unsorted
     finally:
         group.close()
+
+
+def test_spill_files_wait_in_a_private_folder_inside_the_one_given_and_go_at_close(
+        tmp_path: Path) -> None:
+    group = Grouping(str(tmp_path))
+    group.add(b'{"chain":"' + b"a" * 32 + b'","seq":1}\n', group.source("x"), 1)
+    (private,) = tmp_path.iterdir()
+    assert private.name.startswith("audit-verify-") and any(private.iterdir())
+    group.close()
+    assert not any(tmp_path.iterdir())
