@@ -143,8 +143,8 @@ def _one_pass(copy: str, key: str, options: Options, checkpoints: Sequence[tuple
               anchors: Sequence[Any]) -> verify.VerifyOk | None:
     """The chain's ordered copy checked in one pass (`fast_chain`), when it is whole and
     good; None: the single-log verifier decides, and names any problem."""
-    if key.startswith("log:") or not CHAIN_ID.fullmatch(key):
-        return None  # an earlier version's log: no chain to hold its records to
+    if options.allow_partial or key.startswith("log:") or not CHAIN_ID.fullmatch(key):
+        return None  # a suffix, or an earlier version's log: the verifier's alone, as before
     try:
         wanted = verify.checkpoint_map(checkpoints)
     except ValueError:
