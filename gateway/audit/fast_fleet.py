@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit import fast_chain, fleet, inputs, verify
+from gateway.audit.chain_tree import CHAIN_ID
 from gateway.audit.query import Filters, Query
 from gateway.audit.row_runs import Rows
 
@@ -72,9 +73,8 @@ def results(items: Sequence[inputs.Input], checks: Checks, outcome: Outcome, *, 
     chains = plan(items)
     if not chains or (len(chains) > 1 and checks.checkpoints):
         return None  # (the general path refuses --checkpoint SEQ:HASH over several chains)
-    try:
-        wanted = verify.checkpoint_map(checks.checkpoints)  # one chain's, or none
-    except ValueError:
+    wanted = _wanted(checks)  # one chain's, or none
+    if wanted is None:
         return None
     work = [_Job(files, checks, wanted, filters, rows_folder) for files in chains]
     if jobs <= 1 or len(work) <= 1:
@@ -85,6 +85,29 @@ def results(items: Sequence[inputs.Input], checks: Checks, outcome: Outcome, *, 
         return None
     return [_result(files, p, outcome) for files, p in zip(chains, passed, strict=True)
             if p is not None]
+
+
+def ordered_copy(copy: str, chain: str, checks: Checks) -> verify.VerifyOk | None:
+    """The general path's ordered copy of `chain` checked in one pass; None when the single-log
+    verifier must decide (it names any problem)."""
+    wanted = _wanted(checks)
+    if wanted is None or not CHAIN_ID.fullmatch(chain):
+        return None  # (an earlier version's log has no chain to hold its records to)
+    passed = fast_chain.check(fast_chain.ChainFiles(chain, (copy,)), keys=checks.hmac_keys,
+                              verifiers=checks.verifiers, anchors=checks.anchors,
+                              wanted=wanted)
+    # The walk holds a chain to the anchors of its own origin only; the verifier reports one
+    # of another origin, so such a chain is left to it.
+    if passed is None or any(a.checkpoint.origin != passed.origin for a in checks.anchors):
+        return None
+    return passed.ok
+
+
+def _wanted(checks: Checks) -> dict[int, str] | None:
+    try:
+        return verify.checkpoint_map(checks.checkpoints)
+    except ValueError:
+        return None  # the general path reports it
 
 
 def _result(files: fast_chain.ChainFiles, passed: _Passed, outcome: Outcome

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from gateway.audit import fast_chain, fast_fleet, fleet, grouping, inputs, query, row_runs, verify
+from gateway.audit import fast_fleet, fleet, grouping, inputs, query, row_runs, verify
 from gateway.audit.archive import location
-from gateway.audit.chain_tree import CHAIN_ID
 from gateway.secrets.sources import InvalidSecret, load_hmac_key
 
 
@@ -125,7 +124,10 @@ def single_chain(options: Options, several: bool, one_pass: bool = True
                 except ValueError as exc:
                     return fleet.ChainOutcome(False, f"checkpoint object {exc}")
         checkpoints = () if several else options.checkpoints
-        quick = _one_pass(copy, job.key, options, checkpoints, anchors) if one_pass else None
+        quick = None
+        if one_pass and not options.allow_partial:  # (a suffix: the verifier's alone)
+            quick = fast_fleet.ordered_copy(copy, job.key, fast_fleet.Checks(
+                options.hmac_keys, tuple(checkpoints), options.verifiers, tuple(anchors)))
         if quick is not None:
             return outcome_of(quick)
         result = verify.verify([copy], hmac_keys=options.hmac_keys,
@@ -137,25 +139,6 @@ def single_chain(options: Options, several: bool, one_pass: bool = True
         return outcome_of(result)
 
     return check
-
-
-def _one_pass(copy: str, key: str, options: Options, checkpoints: Sequence[tuple[int, str]],
-              anchors: Sequence[Any]) -> verify.VerifyOk | None:
-    """The chain's ordered copy checked in one pass (`fast_chain`), when it is whole and
-    good; None: the single-log verifier decides, and names any problem."""
-    if options.allow_partial or key.startswith("log:") or not CHAIN_ID.fullmatch(key):
-        return None  # a suffix, or an earlier version's log: the verifier's alone, as before
-    try:
-        wanted = verify.checkpoint_map(checkpoints)
-    except ValueError:
-        return None
-    passed = fast_chain.check(fast_chain.ChainFiles(key, (copy,)), keys=options.hmac_keys,
-                              verifiers=options.verifiers, anchors=anchors, wanted=wanted)
-    # The walk holds the chain to the anchors of its own origin only; the verifier reports
-    # one of another origin, so such a chain is left to it.
-    if passed is None or any(a.checkpoint.origin != passed.origin for a in anchors):
-        return None
-    return passed.ok
 
 
 @dataclass
