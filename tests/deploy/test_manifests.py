@@ -784,6 +784,17 @@ def test_image_installs_the_s3_extra_the_overlays_archive_with() -> None:
     check_image_has_what_configs_need(configs, image_locked_packages())
 
 
+UNUSED_BY_THE_GATEWAY = {"watchfiles", "websockets", "python-dotenv", "pyyaml"}
+"""What `uvicorn[standard]` would bring: uvicorn imports watchfiles whenever it is installed
+(~1.7 MiB of each gateway's memory), and the gateway uses none of them."""
+
+
+def test_image_locks_uvicorns_fast_parts_without_the_rest_of_its_standard_extra() -> None:
+    locked = image_locked_packages()
+    assert {"uvicorn", "uvloop", "httptools"} <= locked
+    assert not locked & UNUSED_BY_THE_GATEWAY, locked & UNUSED_BY_THE_GATEWAY
+
+
 def test_image_check_fails_when_the_lock_lacks_the_s3_extra() -> None:
     configs = {"overlays/sidecar": gateway_config("overlays/sidecar")}
     with pytest.raises(AssertionError, match="obstore"):
