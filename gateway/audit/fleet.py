@@ -105,8 +105,8 @@ class Fleet:
         self.group.close()
 
 
-def read(items: Sequence[inputs.Input], temp_folder: str | None = None) -> Fleet:
-    group = grouping.Grouping(temp_folder)
+def read(items: Sequence[inputs.Input]) -> Fleet:
+    group = grouping.Grouping()  # spill files in the system temp folder, removed at close
     notes: list[Note] = []
     problems: list[str] = []
     for item in items:

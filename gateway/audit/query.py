@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TextIO
 
-from gateway.audit.row_runs import RowRuns, Rows
+from gateway.audit.row_runs import RowRuns, Rows, row_of
 
 COLUMNS = ("ts", "chain", "seq", "team", "key_id", "invocation_id", "database", "collection",
            "source_id", "outcome", "status", "error", "attempts", "batch_id", "request_id")
@@ -129,14 +129,15 @@ class Query:
         """One verified record of `chain` (its id, or the file's name for an old log)."""
         if not self.filters.match(record):
             return
-        values = list(map(record.get, COLUMNS))
-        values[_CHAIN_COLUMN] = chain
+        values = tuple(map(record.get, COLUMNS))
+        if values[_CHAIN_COLUMN] != chain:  # an old log's record: its file's name instead
+            values = (*values[:_CHAIN_COLUMN], chain, *values[_CHAIN_COLUMN + 1:])
         seq = values[_SEQ_COLUMN]
         self._runs.add((_record_time(record) or _NEVER, chain,
-                        seq if isinstance(seq, int) else 0, tuple(values)))
+                        seq if isinstance(seq, int) else 0, values))
 
     def sorted_rows(self) -> list[Row]:
-        return [row for *_, row in self.rows.sorted()]
+        return list(map(row_of, self.rows.sorted()))
 
 
 def write(rows: Iterable[Row], fmt: str, out: TextIO) -> None:
@@ -147,7 +148,7 @@ def write(rows: Iterable[Row], fmt: str, out: TextIO) -> None:
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(COLUMNS)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        writer.writerows(rows)  # the csv module writes None as an empty field
     elif fmt == "table":
         _table(rows, out)
     else:

@@ -236,5 +236,5 @@ def run_query(paths: Sequence[str], filters: query.Filters, fmt: str,
             print("audit query: the records do not verify: no rows", file=err)
             return 1
         rows = row_runs.merged(result.rows for result in verified.results)
-        query.write((row for *_, row in rows), fmt, out)
+        query.write(map(row_runs.row_of, rows), fmt, out)
     return 0

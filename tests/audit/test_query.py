@@ -83,6 +83,16 @@ def test_jsonl_rows_have_exactly_the_columns() -> None:
     assert parsed["chain"] == CHAIN_B and parsed["status"] == 403 and parsed["batch_id"] is None
 
 
+def test_a_row_names_the_chain_it_was_verified_in_or_an_old_logs_file() -> None:
+    query = Query(Filters())
+    old = {k: v for k, v in result(1, "2026-11-28T12:00:00.000Z").items() if k != "chain"}
+    query.add(old, "audit-2025.jsonl")
+    query.add(result(2, "2026-11-28T12:00:01.000Z"), CHAIN_A)
+    query.add(result(3, "2026-11-28T12:00:02.000Z"), CHAIN_B)  # the record says A: B verified it
+    column = COLUMNS.index("chain")
+    assert [row[column] for row in query.sorted_rows()] == ["audit-2025.jsonl", CHAIN_A, CHAIN_B]
+
+
 def test_csv_is_rfc_4180_with_a_header_and_quoted_fields() -> None:
     query = Query(Filters())
     query.add(result(1, "2026-11-28T12:00:00.000Z", collection='we,ird "name"\nline'), CHAIN_A)
