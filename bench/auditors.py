@@ -1,6 +1,6 @@
 """The auditors' tools on one big chain, each next to `sha256sum` of the same file.
 
-    python -m bench.auditors [--records 1000000] [--folder DIR] [--json PATH]
+    python -m bench.auditors [--records 1000000] [--folder DIR] [--json PATH] [--python PY]
 
 Writes (once per folder) one chain the way the gateway's writer seals it (`ChainHead` with a
 `ChainKeeper`): `--records` cancel results with MACs and a signed checkpoint every 1,000, then
@@ -15,7 +15,10 @@ times each tool as its own process, one core, the file in the page cache:
   (`--index`: what a first proof costs), and with the index.
 
 The package's bytecode is compiled first, as an install leaves it: a command that compiled
-every module it imports would time the compiler (~15 ms of a proof with the index).
+every module it imports would time the compiler (~15 ms of a proof with the index). For the
+same reason `scripts/bench` runs the tools with the interpreter it runs the gateways with (only
+`requirements.lock` installed, this tree's package on its path): a development venv's
+editable-install finder and its tools' .pth files add ~10 ms to every start.
 
 It prints seconds, the ratio to `sha256sum`, and peak RSS for each.
 """
@@ -79,14 +82,15 @@ def write_chain(folder: Path, records: int) -> Path:
     return path
 
 
-def timed(argv: list[str], stdin: Path | None = None) -> tuple[float, float, int, str]:
+def timed(argv: list[str], stdin: Path | None = None, env: dict[str, str] | None = None
+          ) -> tuple[float, float, int, str]:
     """Wall seconds, peak RSS (MiB, from GNU time if installed), exit status and stdout's last
     line of one child. (A child's own rusage would count the parent it was forked from.)"""
     gnu_time = shutil.which("time", path="/usr/bin")
     started = time.perf_counter()
     with open(stdin or os.devnull, "rb") as given:
         done = subprocess.run([gnu_time, "-f", "%M", *argv] if gnu_time else argv,
-                              stdin=given, capture_output=True)
+                              stdin=given, capture_output=True, env=env)
     wall = time.perf_counter() - started
     err = done.stderr.decode(errors="replace").strip().splitlines()
     peak = int(err.pop()) / 1024 if gnu_time and err and err[-1].isdigit() else float("nan")
@@ -96,7 +100,11 @@ def timed(argv: list[str], stdin: Path | None = None) -> tuple[float, float, int
     return wall, peak, done.returncode, printed[-1] if printed else ""
 
 
-def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
+def run(folder: Path, records: int, python: str | None = None) -> dict[str, dict[str, float]]:
+    """Time the tools; `python`: the interpreter they run with (default this one), e.g. one
+    with only `requirements.lock` installed, running this tree's `gateway` as an install would
+    (a development venv's editable-install finder and tools' .pth files cost every start
+    ~10 ms, which a proof's 50 ms budget notices and an auditor's install never pays)."""
     path = folder / "audit.jsonl"
     if not path.exists() or not (folder / "records").exists() or \
             (folder / "records").read_text() != str(records):
@@ -111,7 +119,12 @@ def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
     from gateway.audit.signing import load_signer
     public = load_signer(str(folder / "signing.key")).verifier.encoded
     compileall.compile_dir(os.path.dirname(gateway.__file__), quiet=1)
-    audit = [sys.executable, "-m", "gateway", "audit"]
+    audit = [python or sys.executable, "-m", "gateway", "audit"]
+    env = None
+    if python:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = str(Path(gateway.__file__).resolve().parent.parent)
+    print(f"the tools run with {python or sys.executable}")
     middle = str(records // 2)
     index = folder / "proofs.idx"
     index.unlink(missing_ok=True)
@@ -137,7 +150,8 @@ def run(folder: Path, records: int) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     reference = None
     for name, argv in runs.items():
-        wall, peak, code, _ = timed(argv, path if "-" in argv else None)
+        wall, peak, code, _ = timed(argv, path if "-" in argv else None,
+                                    None if argv[0] == "sha256sum" else env)
         reference = reference or wall
         results[name] = {"seconds": round(wall, 3), "ratio": round(wall / reference, 2),
                          "peak_rss_mib": round(peak, 1), "exit": code}
@@ -151,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--folder")
     parser.add_argument("--json")
+    parser.add_argument("--python", help="the interpreter the tools run with (default this one)")
     args = parser.parse_args(argv)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="bench-auditors-"))
     folder.mkdir(parents=True, exist_ok=True)
-    results = run(folder, args.records)
+    results = run(folder, args.records, args.python)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     os.sync()

@@ -473,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
                              "the raw fsync cost is measured there too")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--gateway-python", metavar="PYTHON",
-                        help="the interpreter the gateways run with (default this one); "
-                             "scripts/bench gives one with only requirements.lock installed, "
-                             "as in the image, so memory is what a deployment's is (the traces "
-                             "row keeps this one: it needs the otel extra)")
+                        help="the interpreter the gateways and the auditors' tools run with "
+                             "(default this one); scripts/bench gives one with only "
+                             "requirements.lock installed, as in the image, so memory is what a "
+                             "deployment's is and a tool starts as an install's does (the "
+                             "traces row keeps this one: it needs the otel extra)")
     parser.add_argument("--audit-records", metavar="N", type=int,
                         help=f"records in the chain the auditors' tools are timed on (default "
                              f"{AUDIT_RECORDS_FULL:,}, with --quick {AUDIT_RECORDS_QUICK:,}; 0 "
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"records:")
             chain_folder = Path(args.audit_folder or workdir / "auditors")
             chain_folder.mkdir(parents=True, exist_ok=True)
-            auditor_results = auditors.run(chain_folder, audit_records)
+            auditor_results = auditors.run(chain_folder, audit_records, args.gateway_python)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

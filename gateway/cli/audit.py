@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.cli import audit_fleet
@@ -17,52 +18,59 @@ if TYPE_CHECKING:  # cryptography is loaded by the verbs that sign or verify, no
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def add_parser(commands: Any) -> None:
-    """The `audit` command and its actions, on the main parser's subcommands."""
+def add_parser(commands: Any, wanted: Callable[..., bool]) -> None:
+    """The `audit` command and its actions, on the main parser's subcommands; arguments only
+    for the action `wanted` (see `gateway.cli.main.build_parser`)."""
     audit = commands.add_parser("audit", help="audit log tools")
+    if not wanted("audit"):
+        return
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
     verify = actions.add_parser(
         "verify", help="verify logs of any number of chains: files, folders, -, archive URLs")
-    verify.add_argument("paths", nargs="+", metavar="PATH")
-    verify.add_argument("--hmac-key-file", action="append", default=[],
-                        help="the auditors' HMAC key (repeat for a rotated key)")
-    verify.add_argument("--public-key", action="append", default=[], metavar="VKEY",
-                        help="a verifier key (NAME+ID+BASE64) or a file holding one: every "
-                        "signed checkpoint must verify (repeat for a rotated key)")
-    verify.add_argument("--checkpoint", action="append", default=[],
-                        metavar="SEQ:HASH|NOTE_FILE",
-                        help="a checkpoint kept elsewhere that the log must contain")
-    audit_fleet.add_verify_options(verify)
-    verify.add_argument("--allow-partial", action="store_true",
-                        help="accept a chain that starts after seq 1 (older files not given)")
+    if wanted("audit", "verify"):
+        verify.add_argument("paths", nargs="+", metavar="PATH")
+        verify.add_argument("--hmac-key-file", action="append", default=[],
+                            help="the auditors' HMAC key (repeat for a rotated key)")
+        verify.add_argument("--public-key", action="append", default=[], metavar="VKEY",
+                            help="a verifier key (NAME+ID+BASE64) or a file holding one: every "
+                            "signed checkpoint must verify (repeat for a rotated key)")
+        verify.add_argument("--checkpoint", action="append", default=[],
+                            metavar="SEQ:HASH|NOTE_FILE",
+                            help="a checkpoint kept elsewhere that the log must contain")
+        audit_fleet.add_verify_options(verify)
+        verify.add_argument("--allow-partial", action="store_true",
+                            help="accept a chain that starts after seq 1 (older files not given)")
 
     keygen = actions.add_parser("keygen", help="write a new checkpoint signing key, print its "
                                 "verifier key")
-    keygen.add_argument("--name", required=True,
-                        help="the key name (e.g. audit.example.com/billing-gateway)")
-    keygen.add_argument("--out", required=True, metavar="FILE",
-                        help="the new key file (mode 0600; never overwritten)")
+    if wanted("audit", "keygen"):
+        keygen.add_argument("--name", required=True,
+                            help="the key name (e.g. audit.example.com/billing-gateway)")
+        keygen.add_argument("--out", required=True, metavar="FILE",
+                            help="the new key file (mode 0600; never overwritten)")
 
     prove = actions.add_parser("prove", help="print an inclusion or consistency proof")
-    prove.add_argument("paths", nargs="+", metavar="PATH")
-    prove.add_argument("--chain", metavar="ID", help="the chain of the record to prove")
-    prove.add_argument("--seq", type=int, metavar="S", help="the seq of the record to prove")
-    prove.add_argument("--consistency", metavar="OLD_NOTE_FILE",
-                       help="prove that the chain extends this older signed checkpoint")
-    prove.add_argument("--checkpoint", metavar="NOTE_FILE",
-                       help="prove against this signed checkpoint (default: the newest one of "
-                       "the chain that covers it)")
-    prove.add_argument("--index", metavar="INDEX_FILE",
-                       help="a proof index of the chain: made when missing, brought up to date "
-                       "when the files grew, then used (a proof reads O(log n) hashes)")
+    if wanted("audit", "prove"):
+        prove.add_argument("paths", nargs="+", metavar="PATH")
+        prove.add_argument("--chain", metavar="ID", help="the chain of the record to prove")
+        prove.add_argument("--seq", type=int, metavar="S", help="the seq of the record to prove")
+        prove.add_argument("--consistency", metavar="OLD_NOTE_FILE",
+                           help="prove that the chain extends this older signed checkpoint")
+        prove.add_argument("--checkpoint", metavar="NOTE_FILE",
+                           help="prove against this signed checkpoint (default: the newest one "
+                           "of the chain that covers it)")
+        prove.add_argument("--index", metavar="INDEX_FILE",
+                           help="a proof index of the chain: made when missing, brought up to "
+                           "date when the files grew, then used (a proof reads O(log n) hashes)")
 
-    audit_fleet.add_query_parser(actions)
+    audit_fleet.add_query_parser(actions, wanted("audit", "query"))
 
     check = actions.add_parser("check-proof", help="check a proof from `audit prove`")
-    check.add_argument("file", metavar="FILE")
-    check.add_argument("--public-key", action="append", required=True, metavar="VKEY",
-                       help="a verifier key (NAME+ID+BASE64) or a file holding one")
+    if wanted("audit", "check-proof"):
+        check.add_argument("file", metavar="FILE")
+        check.add_argument("--public-key", action="append", required=True, metavar="VKEY",
+                           help="a verifier key (NAME+ID+BASE64) or a file holding one")
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

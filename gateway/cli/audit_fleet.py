@@ -16,9 +16,11 @@ def add_verify_options(verify: argparse.ArgumentParser) -> None:
                         help="verify N chains at once (default 1)")
 
 
-def add_query_parser(actions: Any) -> None:
+def add_query_parser(actions: Any, with_arguments: bool) -> None:
     q = actions.add_parser(
         "query", help="who cancelled what: cancel results of verified logs, oldest first")
+    if not with_arguments:
+        return
     q.add_argument("paths", nargs="+", metavar="PATH|URL")
     q.add_argument("--team")
     q.add_argument("--key-id")

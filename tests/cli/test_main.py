@@ -331,3 +331,61 @@ def test_the_query_formats_offered_are_the_ones_query_writes() -> None:
     from gateway.cli import audit_fleet
 
     assert audit_fleet.FORMATS == query.FORMATS
+
+
+# --- the parser: only the named command's arguments are built ---------------------------------
+
+COMMAND_LINES = [
+    ["serve", "--config", "c.toml", "--port", "8081"],
+    ["check-config", "--strict"],
+    ["keys", "new", "--team", "billing", "--out", "k"],
+    ["keys", "hash"],
+    ["keys", "jwks", "--out-dir", "d", "--service-account", "ns/sa", "--hours", "2"],
+    ["audit", "verify", "-", "a.jsonl", "--jobs", "2", "--public-key", "k", "--allow-partial"],
+    ["audit", "keygen", "--name", "n", "--out", "f"],
+    ["audit", "prove", "a.jsonl", "--chain", "c" * 32, "--seq", "7", "--index", "i"],
+    ["audit", "query", "s3://b/p", "--team", "t", "--outcome", "cancelled", "--format", "csv"],
+    ["audit", "check-proof", "p.json", "--public-key", "k"],
+    ["bulk-cancel", "--url", "http://127.0.0.1:1", "--source", "s", "--dry-run"],
+    ["demo", "--port", "0"],
+    ["standin", "--seed", "3"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=lambda argv: " ".join(argv[:2]))
+def test_the_parser_built_for_a_command_parses_it_as_the_whole_parser_does(
+        argv: list[str]) -> None:
+    assert cli.build_parser(argv).parse_args(argv) == cli.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [[], ["keys"], ["audit"], ["audit", "prove"]])
+def test_help_lists_every_command_and_the_named_ones_options(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    shown = []
+    for parser in (cli.build_parser([*argv, "--help"]), cli.build_parser()):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([*argv, "--help"])
+        assert info.value.code == 0
+        shown.append(capsys.readouterr().out)
+    assert shown[0] == shown[1]
+    if argv == ["audit", "prove"]:
+        assert "--index INDEX_FILE" in shown[0]
+
+
+@pytest.mark.parametrize("argv", [["audit", "prove", "x", "--sequence", "1"],
+                                  ["keys", "new"], ["audit", "frobnicate"], ["serve", "--bogus"]])
+def test_a_usage_error_is_the_same_with_only_the_named_command_built(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    errors = []
+    for parser in (cli.build_parser(argv), cli.build_parser()):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(argv)
+        assert info.value.code == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1]
+
+
+def test_the_parser_for_one_command_leaves_the_others_arguments_out() -> None:
+    parser = cli.build_parser(["audit", "prove"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "1"])  # serve was listed, not built
