@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import settings
 
 from gateway.demo.standin import StandIn
 from tests.harness import (
@@ -17,6 +18,12 @@ from tests.harness import (
     start_gateway,
     write_config,
 )
+
+# Property tests: no per-example deadline (a loaded CI machine must not turn a slow example
+# into a failure; the examples are what the tests check) and no example database written into
+# the working tree. A test's own @settings still sets its example count.
+settings.register_profile("project", deadline=None, database=None)
+settings.load_profile("project")
 
 
 @pytest.fixture(autouse=True)
