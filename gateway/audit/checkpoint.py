@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.audit.merkle import HASH_SIZE
 
@@ -28,8 +28,7 @@ class CheckpointError(ValueError):
     """The note text is not a checkpoint."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(NamedTuple):
     origin: str
     tree_size: int
     root: bytes

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 EDGE_BYTES = 4096
 SAME, GROWN, CHANGED = "same", "grown", "changed"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     id: int
     """Names the file in the index's record locations; kept when the file is renamed."""
     path: str
@@ -110,7 +108,7 @@ def compare(known: SourceFile, path: str) -> tuple[str, SourceFile | None]:
             if st.st_size == known.size:
                 # Same size but touched: possibly rewritten in place, so not trusted.
                 same = st.st_mtime_ns == known.mtime_ns
-                return (SAME, replace(known, path=path)) if same else (CHANGED, None)
+                return (SAME, known._replace(path=path)) if same else (CHANGED, None)
     except OSError:
         return CHANGED, None
     if known.gzip:

@@ -23,8 +23,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from gateway.audit import cri
 from gateway.audit.archive import location
@@ -42,8 +41,7 @@ class InputError(Exception):
     """An argument that can't be read: a usage error (exit 2)."""
 
 
-@dataclass(frozen=True)
-class Input:
+class Input(NamedTuple):
     name: str
     """How messages name it: the path, `-`, or the archive URL and object name."""
     open: Callable[[], IO[bytes]]

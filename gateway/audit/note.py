@@ -25,8 +25,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # cryptography is loaded to sign or verify, not to parse a note (audit prove)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -89,8 +88,7 @@ def _private_key(seed: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-@dataclass(frozen=True)
-class Verifier:
+class Verifier(NamedTuple):
     """A known public key: the name and key ID a signature line must carry, and the key."""
 
     name: str
@@ -115,13 +113,15 @@ class Verifier:
         return True
 
 
-@dataclass(frozen=True)
-class Signer:
+class Signer(NamedTuple):
     """A private key under a name. `repr` never shows the key."""
 
     name: str
     key_id: int
-    seed: bytes = field(repr=False)
+    seed: bytes
+
+    def __repr__(self) -> str:
+        return f"Signer(name={self.name!r}, key_id={self.key_id})"
 
     @property
     def verifier(self) -> Verifier:
@@ -196,15 +196,13 @@ def generate_key(name: str) -> Signer:
     return Signer(name, key_id(name, _raw_public(private.public_key())), seed)
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     name: str
     key_id: int
     base64: str
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(NamedTuple):
     text: str
     sigs: tuple[Signature, ...]
     """Verified signatures."""

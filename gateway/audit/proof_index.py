@@ -30,7 +30,6 @@ import json
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit import merkle
@@ -54,20 +53,21 @@ class NotAnIndex(Exception):
     """The file is something else: never overwritten."""
 
 
-@dataclass
 class IndexContent:
     """A whole index in memory: what `write` stores and `ProofIndex.content` loads back."""
 
-    chain: str
-    origin: str | None
-    origin_from_chain: bool
-    """`origin` is the `audit.chain` record's (else the first signed checkpoint's)."""
-    files: list[SourceFile]
-    leaves: merkle.LeafHashes
-    levels: list[bytearray] = field(default_factory=list)
-    """Levels 1 and up, over the leaves `0 .. prefix - 1`."""
-    where: bytearray = field(default_factory=bytearray)
-    checkpoints: list[tuple[int, int, int]] = field(default_factory=list)
+    def __init__(self, chain: str, origin: str | None, origin_from_chain: bool,
+                 files: list[SourceFile], leaves: merkle.LeafHashes,
+                 levels: list[bytearray] | None = None, where: bytearray | None = None,
+                 checkpoints: list[tuple[int, int, int]] | None = None) -> None:
+        self.chain = chain
+        self.origin = origin
+        self.origin_from_chain = origin_from_chain  # `origin` is the `audit.chain` record's
+        self.files = files                          # (else the first signed checkpoint's)
+        self.leaves = leaves
+        self.levels = [] if levels is None else levels  # 1 and up, over leaves 0 .. prefix - 1
+        self.where = bytearray() if where is None else where
+        self.checkpoints = [] if checkpoints is None else checkpoints
 
     @property
     def prefix(self) -> int:

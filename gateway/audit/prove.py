@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.audit import checkpoint as cp
 from gateway.audit import merkle, note
@@ -33,8 +32,7 @@ class CannotProve(Exception):
     """The records given do not support the proof asked for (exit 1)."""
 
 
-@dataclass(frozen=True)
-class SignedCheckpoint:
+class SignedCheckpoint(NamedTuple):
     """A checkpoint note: from a chain's `audit.checkpoint` record, or given in a file."""
 
     text: str
@@ -42,16 +40,16 @@ class SignedCheckpoint:
     checkpoint: cp.Checkpoint
 
 
-@dataclass
 class ChainRecords:
     """What the files hold of one chain."""
 
-    chain: str
-    origin: str | None = None
-    """From the chain's `audit.chain` record, else from its first signed checkpoint."""
-    leaves: merkle.LeafHashes = field(default_factory=merkle.LeafHashes)
-    signed: list[SignedCheckpoint] = field(default_factory=list)
-    wanted_line: str | None = None
+    def __init__(self, chain: str) -> None:
+        self.chain = chain
+        # From the chain's `audit.chain` record, else from its first signed checkpoint.
+        self.origin: str | None = None
+        self.leaves = merkle.LeafHashes()
+        self.signed: list[SignedCheckpoint] = []
+        self.wanted_line: str | None = None
 
     @property
     def tree_origin(self) -> str:
