@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import signal
 import socket
@@ -380,6 +381,11 @@ def serve(
                            metrics=metrics)
     if on_ready is not None:
         server._on_ready = lambda: on_ready(gateway, server)
+    # What start-up made (modules, config, the app) lives as long as the process: out of the
+    # collector's sight, a full collection under load walks only what requests made (it
+    # walked ~40,000 objects, 4 to 7 ms, in which no request moved).
+    gc.collect()
+    gc.freeze()
     server.run(sockets=sockets)
     return 0 if server.started else 1
 
