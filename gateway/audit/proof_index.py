@@ -62,8 +62,9 @@ class IndexContent:
                  checkpoints: list[tuple[int, int, int]] | None = None) -> None:
         self.chain = chain
         self.origin = origin
-        self.origin_from_chain = origin_from_chain  # `origin` is the `audit.chain` record's
-        self.files = files                          # (else the first signed checkpoint's)
+        # `origin` is the `audit.chain` record's (else the first signed checkpoint's).
+        self.origin_from_chain = origin_from_chain
+        self.files = files
         self.leaves = leaves
         self.levels = [] if levels is None else levels  # 1 and up, over leaves 0 .. prefix - 1
         self.where = bytearray() if where is None else where
