@@ -132,7 +132,10 @@ def run(folder: Path, records: int, python: str | None = None) -> dict[str, dict
     if python:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = str(Path(gateway.__file__).resolve().parent.parent)
-    print(f"the tools run with {python or sys.executable}")
+    from gateway.audit import compiled
+    print(f"the tools run with {python or sys.executable}, "
+          + ("with the compiled loops (gateway.audit.speedups)" if compiled.speedups is not None
+             else "WITHOUT the compiled loops (gateway.audit.speedups was not built here)"))
     middle = str(records // 2)
     index = folder / "proofs.idx"
     index.unlink(missing_ok=True)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
+from gateway.audit import compiled
+
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """The root of the tree with no leaves."""
@@ -89,6 +91,10 @@ class Tree:
 
     def extend_hashes(self, leaves: Iterable[bytes]) -> None:
         """`append_hash` for each leaf, in one loop (a verifier adds a million)."""
+        speedups = compiled.speedups
+        if speedups is not None and type(leaves) is list:
+            self._size = speedups.extend_peaks(self._peaks, self._size, leaves)
+            return
         peaks, sha256, prefix = self._peaks, hashlib.sha256, _NODE_PREFIX
         size = self._size
         for node in leaves:

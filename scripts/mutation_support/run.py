@@ -176,6 +176,10 @@ def copy_source(work: Path, rev: str | None) -> None:
         if source.is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, work / name)
+    # The compiled loops this tree built (git ignores them): with them the copy's tests run
+    # both ways, as the work tree's do, so the Python that drives them is tested too.
+    for built in (ROOT / "gateway").rglob("*.so"):
+        shutil.copy2(built, work / built.relative_to(ROOT))
 
 
 def score(work: Path, target: Target, patterns: list[str]) -> Score:

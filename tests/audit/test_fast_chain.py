@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.audit import chain as audit_chain
-from gateway.audit import fast_chain, note, tree_check, verify
+from gateway.audit import compiled, fast_chain, note, tree_check, verify
+from tests.audit.conftest import BUILT
 from tests.audit.signed_logs import MAC_KEY, ChainBuilder
 
 
@@ -97,13 +101,37 @@ OTHER_KEY = b"another-auditors-key-0123456789abcdef01"
 
 def walk(builder: ChainBuilder, tmp_path: Path, lines: list[bytes] | None = None,
          **kwargs: Any) -> fast_chain.Passed | None:
+    """The walk's answer, the same with the compiled loop and without (checked here), and
+    the same records handed to `each`."""
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b"".join(builder.lines if lines is None else lines))
     kwargs.setdefault("keys", [MAC_KEY])
     kwargs.setdefault("verifiers", [SIGNER.verifier])
     kwargs.setdefault("anchors", [])
     kwargs.setdefault("wanted", {})
-    return fast_chain.check(fast_chain.ChainFiles(builder.chain, (str(path),)), **kwargs)
+    each = kwargs.pop("each", None)
+    answers, handed = [], []
+    for speedups in ([BUILT, None] if BUILT is not None else [None]):
+        seen: list[dict[str, Any]] = []
+        with patched(speedups):
+            answers.append(fast_chain.check(fast_chain.ChainFiles(builder.chain, (str(path),)),
+                                            each=seen.append if each else None, **kwargs))
+        handed.append(seen)
+    assert all(answer == answers[0] for answer in answers), answers
+    assert all(seen == handed[0] for seen in handed)
+    for record in handed[0]:
+        each(record)
+    return answers[0]
+
+
+@contextlib.contextmanager
+def patched(speedups: Any) -> Iterator[None]:
+    saved = compiled.speedups
+    compiled.speedups = speedups
+    try:
+        yield
+    finally:
+        compiled.speedups = saved
 
 
 def chain_of(n: int = 12, every: int = 5, **kwargs: Any) -> ChainBuilder:
@@ -347,3 +375,41 @@ def test_only_identity_records_name_the_instance(tmp_path: Path) -> None:
     lines = resealed_last(builder, lambda b: b.update(instance="mallory", details={"x": 1}))
     passed = walk(builder, tmp_path, lines=lines)
     assert passed is not None and passed.instance == "pod-a"
+
+
+@pytest.mark.parametrize("chunk_bytes", [100, 1000, 4096])
+def test_a_chain_read_in_chunks_of_any_size_is_answered_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    builder = chain_of(30, 7, previous={"chain": "a" * 32, "seq": 5, "hash": "b" * 64})
+    whole = walk(builder, tmp_path)
+    assert whole is not None
+    monkeypatch.setattr(fast_chain, "CHUNK_BYTES", chunk_bytes)  # lines span chunks, or outgrow one
+    assert walk(builder, tmp_path) == whole
+    assert walk(builder, tmp_path, lines=[*builder.lines, b'{"cut":']) is None
+
+
+def test_the_read_buffer_grows_only_for_a_line_longer_than_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_chain, "CHUNK_BYTES", 64)
+    path = tmp_path / "lines"
+    text = b"".join(b"%02d" % n + b"x" * 40 + b"\n" for n in range(10)) + b"y" * 150 + b"\n"
+    path.write_bytes(text)
+    seen, sizes = [], []
+    for buffer, end in fast_chain.buffered_chunks([str(path)]):
+        seen.append(bytes(buffer[:end]))
+        sizes.append(len(buffer))
+    assert b"".join(seen) == text
+    assert sizes[:7] == [64] * 7 and max(sizes) == 256  # doubled twice for the long line
+    path.write_bytes(text[:-1])
+    with pytest.raises(fast_chain.GiveUp):
+        list(fast_chain.buffered_chunks([str(path)]))
+
+
+def test_lines_say_whether_every_line_of_a_chunk_is_a_flat_object(tmp_path: Path) -> None:
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    flat.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
+    nested.write_bytes(b'{"a":{"b":1}}\n{"c":2}\n')
+    with pytest.raises(fast_chain.GiveUp):  # (the cut last line)
+        for is_flat, parts in fast_chain.lines([str(flat)]):
+            assert is_flat and parts == [b'{"a":1}', b'{"b":2}']
+    assert [flag for flag, _ in fast_chain.lines([str(nested)])] == [False]

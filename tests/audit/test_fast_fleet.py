@@ -24,6 +24,8 @@ from gateway.audit.query import Filters, parse_time
 from gateway.audit.verify_fleet import Usage, options_from, outcome_of, verify_inputs
 from tests.audit.signed_logs import MAC_KEY, ChainBuilder, reseal
 
+pytestmark = pytest.mark.usefixtures("each_way")  # compiled loops and Python alike
+
 SIGNER = note.generate_key("audit.example/fast")
 VKEY = SIGNER.verifier.encoded
 

@@ -93,6 +93,7 @@ def test_a_row_names_the_chain_it_was_verified_in_or_an_old_logs_file() -> None:
     assert [row[column] for row in query.sorted_rows()] == ["audit-2025.jsonl", CHAIN_A, CHAIN_B]
 
 
+@pytest.mark.usefixtures("each_way")
 def test_csv_is_rfc_4180_with_a_header_and_quoted_fields() -> None:
     query = Query(Filters())
     query.add(result(1, "2026-11-28T12:00:00.000Z", collection='we,ird "name"\nline'), CHAIN_A)
@@ -142,3 +143,30 @@ def test_every_record_a_filter_matches_holds_its_needles_in_its_canonical_line(
     assert all(needle in line for needle in needles)
     other = Filters(team=team + "x")
     assert not all(needle in line for needle in other.needles())
+
+
+@pytest.mark.usefixtures("each_way")
+def test_csv_writes_every_kind_of_value_as_the_csv_module_does() -> None:
+    query = Query(Filters())
+    values = ["plain", "", 'q"uote', "a,b", "cr\rlf\n", "caf\u00e9", "tab\there", " lead",
+              True, 1.5, -(2**70), 2**62, 0, None, ["x", 1], {"k": "v"}]
+    for n, value in enumerate(values, start=1):
+        query.add(result(n, f"2026-11-28T12:00:{n:02d}.000Z", collection=value,
+                         attempts=value), CHAIN_A)
+    found = query.sorted_rows()
+    for batch in (found, found[:1], []):
+        out, expected = io.StringIO(newline=""), io.StringIO(newline="")
+        write(batch, "csv", out)
+        writer = csv.writer(expected, lineterminator="\r\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(batch)
+        assert out.getvalue() == expected.getvalue()
+
+
+def test_rows_sort_by_the_instant_whatever_the_offset_written() -> None:
+    query = Query(Filters())
+    query.add(result(1, "2026-11-28T12:30:00Z"), CHAIN_A)
+    query.add(result(2, "2026-11-28T13:00:00+01:00"), CHAIN_A)  # 12:00 UTC
+    query.add(result(3, "2026-11-28T12:00:00.000001Z"), CHAIN_A)
+    query.add(result(4, "not a time"), CHAIN_A)  # no time: first
+    assert [row[2] for row in query.sorted_rows()] == [4, 2, 3, 1]

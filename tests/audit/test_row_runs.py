@@ -15,11 +15,13 @@ from gateway.audit.row_runs import RowRuns, merged
 from gateway.audit.verify_fleet import run_query
 from tests.audit.signed_logs import ChainBuilder
 
-T0 = datetime(2026, 11, 28, tzinfo=UTC)
+T0 = (datetime(2026, 11, 28, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1)
+"""A key's time: microseconds since 1970."""
 
 
 def keyed(chain: str, seq: int, seconds: int) -> row_runs.Keyed:
-    return (T0 + timedelta(seconds=seconds), chain, seq, (chain, seq))
+    return (T0 + seconds * 1_000_000, chain, seq, (chain, seq))
 
 
 def test_past_the_limit_rows_go_to_sorted_runs_and_come_back_in_order(tmp_path: Path) -> None:
@@ -99,3 +101,52 @@ def test_rows_kept_in_memory_with_equal_keys_are_never_compared() -> None:
     for row in ((None, 1), ("x", 2), (None, 3)):
         runs.add((T0, "a", 1, row))
     assert sorted(row[1] for *_, row in runs.rows.sorted()) == [1, 2, 3]
+
+
+def test_a_run_longer_than_a_batch_comes_back_whole(tmp_path: Path) -> None:
+    runs = RowRuns(str(tmp_path), limit=2500)  # three batches of 1,024 rows on disk
+    items = [keyed("a", n, n) for n in range(2600)]
+    for item in items:
+        runs.add(item)
+    assert len(runs.rows.runs) == 1
+    assert list(runs.rows.sorted()) == items
+    assert [p.name[:5] for p in tmp_path.iterdir()] == ["rows-"]
+
+
+@pytest.mark.parametrize(("limit", "seconds"), [
+    (2, [0, 10, 5, 20]),  # the second run starts before the first ends
+    (3, [0, 30, 10, 20, 40, 50]),  # the first run's last row is its largest, not its second
+    (2, [10, 20, 5]),  # the rows still in memory start before the run ends
+])
+def test_runs_that_overlap_in_time_are_merged_not_read_in_turn(
+        tmp_path: Path, limit: int, seconds: list[int]) -> None:
+    runs = RowRuns(str(tmp_path), limit=limit)
+    items = [keyed("a", n, s) for n, s in enumerate(seconds)]
+    for item in items:
+        runs.add(item)
+    assert list(runs.rows.sorted()) == sorted(items, key=lambda i: i[:3])
+
+
+def test_runs_in_time_order_are_read_in_turn_ties_kept_in_order(tmp_path: Path) -> None:
+    runs = RowRuns(str(tmp_path), limit=2)
+    items = [keyed("a", 1, s) for s in (0, 1, 1, 1, 1, 2, 3)]  # equal keys across runs
+    items = [(*item[:3], (n,)) for n, item in enumerate(items)]
+    for item in items:
+        runs.add(item)
+    assert list(runs.rows.sorted()) == items
+
+
+def test_merged_runs_never_compare_rows_when_their_keys_tie(tmp_path: Path) -> None:
+    runs = RowRuns(str(tmp_path), limit=2)
+    for item in ((T0 + 1, "a", 1, (None, 1)), (T0 + 1, "a", 1, ("x", 2)),
+                 (T0, "a", 1, (None, 3)), (T0 + 1, "a", 1, ("y", 4))):  # out of order: merged
+        runs.add(item)
+    assert [row[1] for *_, row in runs.rows.sorted()] == [3, 1, 2, 4]
+
+
+def test_every_kind_of_value_a_record_holds_survives_a_run_on_disk(tmp_path: Path) -> None:
+    row = ("caf\u00e9", None, True, 1.5, -(2**70), [1, "x", None], {"k": [2.0]}, "")
+    runs = RowRuns(str(tmp_path), limit=1)
+    runs.add((T0, "a", 1, row))
+    runs.add((T0 + 1, "a", 2, row))
+    assert [r for *_, r in runs.rows.sorted()] == [row, row]
