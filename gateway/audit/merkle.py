@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway.audit import compiled
-
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """The root of the tree with no leaves."""
@@ -91,6 +89,9 @@ class Tree:
 
     def extend_hashes(self, leaves: Iterable[bytes]) -> None:
         """`append_hash` for each leaf, in one loop (a verifier adds a million)."""
+        # Imported here: the gateway's writer appends one leaf at a time and never loads it.
+        from gateway.audit import compiled
+
         speedups = compiled.speedups
         if speedups is not None and type(leaves) is list:
             self._size = speedups.extend_peaks(self._peaks, self._size, leaves)

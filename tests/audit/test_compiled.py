@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +68,14 @@ def test_a_query_says_the_same_without_the_compiled_loops(
     monkeypatch.setattr(compiled, "speedups", None)
     assert query() == with_them
     assert with_them[0] == 0 and with_them[1].count("\r\n") == 1 + 14
+
+
+def test_the_gateway_never_loads_the_compiled_module() -> None:
+    # The writer appends one leaf at a time: the audit tools' loops are not the sidecar's.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, gateway.server.app, gateway.audit.writer, "
+         "gateway.audit.chain_tree; print(sorted(m for m in sys.modules "
+         "if m.startswith('gateway.audit.')))"],
+        capture_output=True, text=True, check=True).stdout
+    assert "gateway.audit.merkle" in loaded
+    assert "gateway.audit.speedups" not in loaded and "gateway.audit.compiled" not in loaded
