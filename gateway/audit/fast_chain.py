@@ -140,25 +140,11 @@ def tiny_float(text: bytes) -> bool:
     return False
 
 
-def chunks(paths: Sequence[str]) -> Iterator[tuple[bytes, int]]:
-    """Each file's bytes a chunk at a time, with where its last whole line ends: a chunk's
-    lines from there on are the next one's. GiveUp on a last line with no newline (the
+def chunks(paths: Sequence[str]) -> Iterator[tuple[bytearray, int]]:
+    """Each file's bytes a chunk at a time, read into one buffer, reused (no 4 MiB object made,
+    copied and freed per chunk): its whole lines are those before `end`, until the next chunk
+    is asked for; the rest begins the next. GiveUp on a last line with no newline (the
     general verifier names a torn or cut file)."""
-    for path in paths:
-        rest = b""
-        with open(path, "rb", buffering=0) as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                chunk = rest + chunk
-                end = chunk.rfind(b"\n") + 1
-                rest = chunk[end:]
-                yield chunk, end
-        if rest:
-            raise GiveUp
-
-
-def buffered_chunks(paths: Sequence[str]) -> Iterator[tuple[bytearray, int]]:
-    """`chunks` read into one buffer, reused (no 4 MiB object made, copied and freed per
-    chunk): its whole lines are those before `end`, until the next chunk is asked for."""
     buffer = bytearray(CHUNK_BYTES)
     for path in paths:
         kept = 0  # bytes of a line begun in the last chunk, at the buffer's start
@@ -183,12 +169,14 @@ def lines(paths: Sequence[str]) -> Iterator[tuple[bool, list[bytes]]]:
     """Each file's lines, without newlines, a chunk at a time, and whether each of them holds
     one `{` (flat objects: every key is the record's own). GiveUp as `chunks` does, and on a
     chunk that may hold a number below 1e-4 (`tiny_float`)."""
-    for chunk, end in chunks(paths):
+    for buffer, end in chunks(paths):
+        with memoryview(buffer) as view:
+            chunk = bytes(view[:end])
         parts = chunk.split(b"\n")
-        parts.pop()
+        parts.pop()  # (empty: the chunk ends with its last newline)
         if tiny_float(chunk):
             raise GiveUp
-        yield chunk.count(b"{", 0, end) == len(parts), parts
+        yield chunk.count(b"{") == len(parts), parts
 
 
 def check(files: ChainFiles, *, keys: Sequence[bytes], verifiers: Sequence[Any],
@@ -265,7 +253,7 @@ class _Walk:
                 self.check_lines(flat, chunk)
                 self.flush()
         else:
-            for data, end in buffered_chunks(self.files.paths):
+            for data, end in chunks(self.files.paths):
                 self.check_chunk(data, end)
         return self.finish(self.seq, self.head, self.has_mac)
 

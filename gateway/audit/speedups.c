@@ -374,10 +374,11 @@ holds_every_needle(const Walk *walk, const unsigned char *s, Py_ssize_t n)
     return 1;
 }
 
-/* 1: the line checks out and its leaf is in `leaf`; 0: leave it to Python; -1: error. */
+/* 1: the line checks out, its leaf is in `leaf` and its hash in `head` (which held the last
+   record's); 0: leave it to Python; -1: error. */
 static int
-take(Walk *walk, const unsigned char *s, Py_ssize_t n, long long seq, const unsigned char *head,
-     int *has_mac, unsigned char *leaf, unsigned char *stored_hash)
+take(Walk *walk, const unsigned char *s, Py_ssize_t n, long long seq, unsigned char *head,
+     int *has_mac, unsigned char *leaf)
 {
     Fields f;
     unsigned char computed[DIGEST_LEN], hex[HEX_LEN];
@@ -446,7 +447,7 @@ take(Walk *walk, const unsigned char *s, Py_ssize_t n, long long seq, const unsi
     const size_t whole_len[1] = {(size_t)n};
     if (!digest(walk, (const unsigned char *)"\0", 1, whole, whole_len, 1, leaf))
         return -1;
-    memcpy(stored_hash, hex, HEX_LEN);
+    memcpy(head, hex, HEX_LEN);
     return 1;
 }
 
@@ -527,7 +528,7 @@ plain_lines(PyObject *module, PyObject *args)
             break;
         Py_ssize_t n = newline - (s + pos);
         unsigned char leaf[DIGEST_LEN];
-        int taken = take(&state, s + pos, n, seq, head, &has_mac, leaf, head);
+        int taken = take(&state, s + pos, n, seq, head, &has_mac, leaf);
         if (taken < 0) {
             PyErr_SetString(PyExc_RuntimeError, "plain_lines: SHA-256 failed");
             goto done;

@@ -395,14 +395,14 @@ def test_the_read_buffer_grows_only_for_a_line_longer_than_itself(
     text = b"".join(b"%02d" % n + b"x" * 40 + b"\n" for n in range(10)) + b"y" * 150 + b"\n"
     path.write_bytes(text)
     seen, sizes = [], []
-    for buffer, end in fast_chain.buffered_chunks([str(path)]):
+    for buffer, end in fast_chain.chunks([str(path)]):
         seen.append(bytes(buffer[:end]))
         sizes.append(len(buffer))
     assert b"".join(seen) == text
     assert sizes[:7] == [64] * 7 and max(sizes) == 256  # doubled twice for the long line
     path.write_bytes(text[:-1])
     with pytest.raises(fast_chain.GiveUp):
-        list(fast_chain.buffered_chunks([str(path)]))
+        list(fast_chain.chunks([str(path)]))
 
 
 def test_lines_say_whether_every_line_of_a_chunk_is_a_flat_object(tmp_path: Path) -> None:
